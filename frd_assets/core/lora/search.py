@@ -1,0 +1,240 @@
+"""Optuna TPE search over LoRA rank, lora_alpha and learning rate; the best adapter goes to a folder."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from frd_assets.core.lora.data import split_records, tokenize_record
+from frd_assets.core.lora.trial import LoraHyperparams, Pruned, TrainingConfig, evaluate_loss, run_trial
+from frd_assets.core.records import Record
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """rank and lora_alpha are searched independently (free, not tied): alpha/rank is the LoRA scale."""
+
+    rank_min: int = 4
+    rank_max: int = 64
+    alpha_min: int = 4
+    alpha_max: int = 128
+    lr_min: float = 1e-5
+    lr_max: float = 5e-3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rank_min <= self.rank_max:
+            raise ValueError(f"search space: need 1 <= rank_min <= rank_max, got {self.rank_min}, {self.rank_max}")
+        if not 1 <= self.alpha_min <= self.alpha_max:
+            raise ValueError(f"search space: need 1 <= alpha_min <= alpha_max, got {self.alpha_min}, {self.alpha_max}")
+        if not 0 < self.lr_min <= self.lr_max < 1:
+            raise ValueError(f"search space: need 0 < lr_min <= lr_max < 1, got {self.lr_min}, {self.lr_max}")
+
+    def suggest(self, trial) -> LoraHyperparams:
+        return LoraHyperparams(
+            rank=trial.suggest_int("rank", self.rank_min, self.rank_max, log=True),
+            lora_alpha=trial.suggest_int("lora_alpha", self.alpha_min, self.alpha_max, log=True),
+            learning_rate=trial.suggest_float("learning_rate", self.lr_min, self.lr_max, log=True),
+        )
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    base_model: str
+    best_params: dict
+    best_eval_loss: float
+    base_eval_loss: float
+    trials: list[dict]
+    adapter_dir: Path
+    train_records: int
+    eval_records: int
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d["adapter_dir"] = str(self.adapter_dir)
+        return d
+
+
+def study_name_for(dataset_id: str, base_model: str) -> str:
+    return f"frd-{dataset_id}-{re.sub(r'[^A-Za-z0-9._-]+', '_', base_model.rstrip('/').split('/')[-1])}"
+
+
+def _storage(url: str):
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    # Heartbeats mark a trial whose process died as failed; the callback queues it again once.
+    return RDBStorage(
+        url,
+        heartbeat_interval=30,
+        grace_period=90,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        engine_kwargs={"pool_pre_ping": True},
+    )
+
+
+def run_search(
+    records: Sequence[Record],
+    *,
+    base_model: str,
+    n_trials: int,
+    storage_url: str,
+    study_name: str,
+    work_dir: Path,
+    out_dir: Path,
+    training: TrainingConfig | None = None,
+    space: SearchSpace | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> SearchResult:
+    """Runs (or continues) the study until it holds n_trials finished trials; writes the best adapter to out_dir."""
+    import optuna
+    import torch
+
+    from frd_assets.core.models import load_causal_lm, load_tokenizer, pick_device
+
+    training = training or TrainingConfig()
+    space = space or SearchSpace()
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tokenizer = load_tokenizer(base_model)
+    train_records, eval_records = split_records(records, eval_fraction=training.eval_fraction, seed=training.seed)
+    train = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in train_records]
+    evals = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in eval_records]
+    pad_id = tokenizer.pad_token_id
+    model = load_causal_lm(base_model, device=pick_device())
+    base_eval_loss = evaluate_loss(model, evals, batch_size=training.batch_size, pad_id=pad_id)
+    print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
+
+    # TPE samples at random for n_startup_trials; scale it down so a short search is still Bayesian.
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True, seed=training.seed, n_startup_trials=max(1, min(10, n_trials // 3))
+    )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=_storage(storage_url),
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
+    study.set_user_attr("base_model", base_model)
+    study.set_user_attr("base_eval_loss", base_eval_loss)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = space.suggest(trial)
+        save_dir = work_dir / f"trial-{trial.number}"
+        print_fn(
+            f"trial {trial.number}: rank={hp.rank} lora_alpha={hp.lora_alpha} learning_rate={hp.learning_rate:.2e}"
+        )
+
+        def report(step: int, loss: float) -> None:
+            trial.report(loss, step)
+            if trial.should_prune():
+                raise Pruned()
+
+        result = run_trial(
+            model, train, evals, hp, training, pad_id=pad_id, report=report, save_dir=save_dir, print_fn=print_fn
+        )
+        for key, value in result.to_dict().items():
+            if key != "eval_history":
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("adapter_dir", str(save_dir))
+        print_fn(
+            f"trial {trial.number}: {result.status}, eval loss {result.eval_loss}, "
+            f"{result.tokens_per_second:.0f} train tok/s"
+        )
+        if result.status == "pruned":
+            raise optuna.TrialPruned()
+        if result.status != "ok" or result.eval_loss is None or not torch.isfinite(torch.tensor(result.eval_loss)):
+            raise RuntimeError(f"trial {trial.number} {result.status}: {result.error or 'non-finite eval loss'}")
+        return result.eval_loss
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    remaining = n_trials - done
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=(RuntimeError,), gc_after_trial=True)
+    else:
+        print_fn(f"study {study_name} already holds {done} finished trials")
+
+    best = study.best_trial
+    best_dir = Path(best.user_attrs.get("adapter_dir", ""))
+    if not (best_dir / "adapter_config.json").exists():
+        raise RuntimeError(
+            f"best trial {best.number} of study {study_name} has no saved adapter at {best_dir}; "
+            "it ran on another machine or its work folder was removed"
+        )
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.params,
+            "eval_loss": t.value,
+            "seconds": t.user_attrs.get("seconds"),
+            "tokens_per_second": t.user_attrs.get("tokens_per_second"),
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    result = SearchResult(
+        study_name=study_name,
+        base_model=base_model,
+        best_params=dict(best.params),
+        best_eval_loss=float(best.value),
+        base_eval_loss=base_eval_loss,
+        trials=trials,
+        adapter_dir=out_dir,
+        train_records=len(train),
+        eval_records=len(evals),
+    )
+    _write_adapter(best_dir, out_dir, result)
+    return result
+
+
+def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(best_dir / name, out_dir / name)
+    (out_dir / "trials.json").write_text(json.dumps(result.trials, indent=2))
+    (out_dir / "README.md").write_text(model_card(result))
+
+
+def model_card(result: SearchResult) -> str:
+    params = "\n".join(f"| {k} | {v} |" for k, v in result.best_params.items())
+    delta = result.base_eval_loss - result.best_eval_loss
+    return f"""---
+library_name: peft
+base_model: {result.base_model}
+tags: [lora, self-instruct, frd-assets]
+---
+# LoRA adapter `{result.study_name}`
+
+Fine-tuned with peft LoRA on {result.train_records} records generated by the FRD.ai asset platform
+(Self-Instruct, validated READY_FOR_FINE_TUNING); {result.eval_records} held-out records for evaluation.
+Hyperparameters chosen by an Optuna TPE search over {len(result.trials)} trials (see `trials.json`).
+
+| hyperparameter | value |
+| --- | --- |
+{params}
+
+| model | held-out eval loss |
+| --- | --- |
+| base model | {result.base_eval_loss:.4f} |
+| with this adapter | {result.best_eval_loss:.4f} |
+
+Improvement: {delta:+.4f} nats per response token. Built {datetime.now(timezone.utc).date().isoformat()}.
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("<base model>"), "<this folder>")
+```
+"""

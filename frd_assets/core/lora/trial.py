@@ -1,0 +1,163 @@
+"""One LoRA training trial: a plain torch loop over a peft model, returning a result, never raising OOM."""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+from frd_assets.core.lora.data import Example, batches
+
+
+@dataclass(frozen=True)
+class LoraHyperparams:
+    rank: int
+    lora_alpha: int
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.lora_alpha < 1:
+            raise ValueError(f"lora_alpha must be >= 1, got {self.lora_alpha}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 2
+    batch_size: int = 4
+    max_length: int = 256  # tokens per example, prompt and response together
+    eval_fraction: float = 0.2
+    evals_per_trial: int = 2  # eval-loss reports per trial, which the pruner reads
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_length", "evals_per_trial"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrialResult:
+    status: Literal["ok", "pruned", "oom", "failed"]
+    eval_loss: float | None
+    steps: int = 0
+    train_tokens: int = 0
+    seconds: float = 0.0
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second}
+
+
+def evaluate_loss(model, examples: Sequence[Example], *, batch_size: int, pad_id: int) -> float:
+    """Mean cross-entropy per response token over the whole eval split."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for batch in batches(examples, batch_size, pad_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+            if n_tokens == 0:
+                continue
+            loss = model(**batch).loss  # mean over this batch's response tokens
+            total += float(loss) * n_tokens
+            count += n_tokens
+    model.train()
+    return total / count if count else float("nan")
+
+
+class Pruned(Exception):
+    """Raised by a report callback to stop a trial early; the trial result says 'pruned'."""
+
+
+def run_trial(
+    base_model,
+    train: Sequence[Example],
+    evals: Sequence[Example],
+    hp: LoraHyperparams,
+    config: TrainingConfig,
+    *,
+    pad_id: int,
+    report: Callable[[int, float], None] | None = None,
+    save_dir: Path | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> TrialResult:
+    """Trains LoRA on base_model, evaluates, optionally saves the adapter, and leaves base_model unchanged."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)
+    lora_config = LoraConfig(
+        r=hp.rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules) if config.target_modules else None,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base_model, lora_config)
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    eval_every = max(1, total_steps // config.evals_per_trial)
+    result = TrialResult(status="ok", eval_loss=None)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    t0 = time.perf_counter()
+    try:
+        model.train()
+        step = 0
+        for epoch in range(config.epochs):
+            for batch in batches(train, config.batch_size, pad_id, shuffle_seed=config.seed + epoch):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                result.train_tokens += int(batch["attention_mask"].sum())
+                if step % eval_every == 0 and step < total_steps:
+                    ev = evaluate_loss(model, evals, batch_size=config.batch_size, pad_id=pad_id)
+                    result.eval_history.append((step, ev))
+                    print_fn(f"  step {step}/{total_steps}: train loss {loss.item():.4f}, eval loss {ev:.4f}")
+                    if report:
+                        report(step, ev)
+        result.steps = step
+        result.seconds = time.perf_counter() - t0
+        result.eval_loss = evaluate_loss(model, evals, batch_size=config.batch_size, pad_id=pad_id)
+        result.eval_history.append((step, result.eval_loss))
+        if save_dir is not None:
+            model.save_pretrained(str(save_dir), safe_serialization=True)
+    except Pruned:
+        result.status = "pruned"
+        result.eval_loss = result.eval_history[-1][1] if result.eval_history else None
+    except torch.OutOfMemoryError as exc:
+        # Keep what was learned so far: the search records the trial as failed, not the whole run.
+        result.status, result.error = "oom", str(exc)[:500]
+    finally:
+        result.seconds = result.seconds or time.perf_counter() - t0
+        model.unload()  # takes the LoRA layers out again; base weights were never changed
+        del model, optimizer, params
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return result

@@ -1,0 +1,222 @@
+"""Canonical records, seed-format parsing and JSONL io."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+SEED_FORMATS = ("self_instruct", "alpaca", "chat")
+
+
+class SeedFormatError(ValueError):
+    """A seed upload that cannot be parsed; the message names the object, the line and the fix."""
+
+    def __init__(self, object_name: str, line: int | None, reason: str):
+        where = f"{object_name} line {line}" if line is not None else object_name
+        super().__init__(f"{where}: {reason}")
+        self.object_name = object_name
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Record:
+    """One instruction-following example, the unit every stage reads and writes."""
+
+    id: str
+    instruction: str
+    input: str
+    output: str
+    # Where the record came from: format, object and line for seeds, "generated" plus round for the rest.
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Record":
+        return cls(
+            id=str(data["id"]),
+            instruction=str(data["instruction"]),
+            input=str(data.get("input", "")),
+            output=str(data["output"]),
+            provenance=dict(data.get("provenance") or {}),
+        )
+
+
+def _require_str(obj: dict, key: str, object_name: str, line: int, fmt: str, *, allow_empty=False) -> str:
+    if key not in obj:
+        raise SeedFormatError(object_name, line, f"{fmt} record has no field '{key}'; add it")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise SeedFormatError(object_name, line, f"field '{key}' must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise SeedFormatError(object_name, line, f"field '{key}' is empty; give it text")
+    return value.strip()
+
+
+def detect_format(obj: dict) -> str:
+    if "messages" in obj:
+        return "chat"
+    if "instances" in obj:
+        return "self_instruct"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
+    return "unknown"
+
+
+def _records_from_object(obj: Any, object_name: str, line: int, index: int) -> list[Record]:
+    if not isinstance(obj, dict):
+        raise SeedFormatError(object_name, line, f"expected a JSON object, got {type(obj).__name__}; one task per line")
+    fmt = detect_format(obj)
+    base_id = str(obj.get("id") or f"seed-{index}")
+    prov = {"format": fmt, "object": object_name, "line": line}
+    if fmt == "self_instruct":
+        instruction = _require_str(obj, "instruction", object_name, line, fmt)
+        instances = obj["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise SeedFormatError(
+                object_name, line, "field 'instances' must be a non-empty list of {input, output} objects"
+            )
+        out = []
+        for i, inst in enumerate(instances):
+            if not isinstance(inst, dict):
+                raise SeedFormatError(object_name, line, f"instances[{i}] must be an object with input, output")
+            out.append(
+                Record(
+                    id=base_id if len(instances) == 1 else f"{base_id}#{i}",
+                    instruction=instruction,
+                    input=_require_str(inst, "input", object_name, line, f"instances[{i}]", allow_empty=True)
+                    if "input" in inst
+                    else "",
+                    output=_require_str(inst, "output", object_name, line, f"instances[{i}]"),
+                    provenance={**prov, "is_classification": bool(obj.get("is_classification", False))},
+                )
+            )
+        return out
+    if fmt == "alpaca":
+        return [
+            Record(
+                id=base_id,
+                instruction=_require_str(obj, "instruction", object_name, line, fmt),
+                input=_require_str(obj, "input", object_name, line, fmt, allow_empty=True) if "input" in obj else "",
+                output=_require_str(obj, "output", object_name, line, fmt),
+                provenance=prov,
+            )
+        ]
+    if fmt == "chat":
+        messages = obj["messages"]
+        if not isinstance(messages, list):
+            raise SeedFormatError(object_name, line, "field 'messages' must be a list of {role, content}")
+        out = []
+        pending_user: str | None = None
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+                raise SeedFormatError(object_name, line, f"messages[{i}] must be an object with role and content")
+            role, content = msg["role"], msg["content"]
+            if not isinstance(content, str):
+                raise SeedFormatError(object_name, line, f"messages[{i}].content must be a string")
+            if role == "user":
+                pending_user = content.strip()
+            elif role == "assistant" and pending_user:
+                out.append(
+                    Record(
+                        id=base_id if not out else f"{base_id}#{len(out)}",
+                        instruction=pending_user,
+                        input="",
+                        output=content.strip(),
+                        provenance=prov,
+                    )
+                )
+                pending_user = None
+        if not out or not all(r.output for r in out):
+            raise SeedFormatError(
+                object_name, line, "chat record needs a 'user' message followed by a non-empty 'assistant' message"
+            )
+        return out
+    raise SeedFormatError(
+        object_name,
+        line,
+        "unknown seed format: expected Self-Instruct (instruction, instances), "
+        "Alpaca (instruction, input, output) or chat (messages); found keys " + ", ".join(sorted(map(str, obj)))[:200],
+    )
+
+
+def _iter_json_array(text: str, object_name: str) -> Iterable[tuple[int, Any]]:
+    """Yields (line, element) of a top-level JSON array, so errors can name a line as for JSONL."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    n = len(text)
+    while True:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n:
+            raise SeedFormatError(object_name, text.count("\n", 0, pos) + 1, "JSON array is not closed with ']'")
+        if text[pos] == "]":
+            return
+        line = text.count("\n", 0, pos) + 1
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise SeedFormatError(object_name, text.count("\n", 0, exc.pos) + 1, f"invalid JSON: {exc.msg}") from None
+        yield line, obj
+
+
+def parse_seed(data: bytes, object_name: str) -> list[Record]:
+    """Parses a seed upload (JSONL or a JSON array, UTF-8) in any of the three formats into Records."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SeedFormatError(object_name, line, f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+    if not text.strip():
+        raise SeedFormatError(object_name, None, "the upload is empty; it needs at least one task")
+    records: list[Record] = []
+    if text.lstrip().startswith("["):
+        items: Iterable[tuple[int, Any]] = _iter_json_array(text, object_name)
+    else:
+        items = _iter_jsonl(text, object_name)
+    for index, (line, obj) in enumerate(items):
+        records.extend(_records_from_object(obj, object_name, line, index))
+    if not records:
+        raise SeedFormatError(object_name, None, "no tasks found; it needs at least one task")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise SeedFormatError(object_name, None, f"id '{dup}' appears more than once; ids must be unique")
+    return records
+
+
+def _iter_jsonl(text: str, object_name: str) -> Iterable[tuple[int, Any]]:
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SeedFormatError(object_name, line_no, f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+
+
+def dumps_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+
+
+def loads_jsonl(data: bytes, object_name: str) -> list[dict[str, Any]]:
+    """Reads JSONL this project wrote; a corrupt line raises naming the object and line."""
+    rows = []
+    for line_no, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{object_name} line {line_no}: invalid JSON: {exc.msg}") from None
+    return rows
+
+
+def records_to_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in records]
+
+
+def rows_to_records(rows: Iterable[dict[str, Any]]) -> list[Record]:
+    return [Record.from_dict(r) for r in rows]

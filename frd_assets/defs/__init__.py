@@ -1,0 +1,1 @@
+"""The thin Dagster layer: partitions, resources, the IO manager, assets, checks and sensors."""

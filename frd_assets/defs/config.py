@@ -1,0 +1,55 @@
+"""Per-run configuration in the Dagster launchpad; each mirrors a core dataclass field for field."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from dagster import Config
+
+
+class GenerationRunConfig(Config):
+    num_instructions: int = 20
+    seed_tasks_per_prompt: int = 6
+    generated_per_prompt: int = 2
+    prompts_per_round: int = 8
+    max_rounds: int = 10
+    novelty_threshold: float = 0.7
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens_instructions: int = 160
+    max_new_tokens_instance: int = 160
+    min_words: int = 3
+    max_words: int = 150
+    seed: int = 0
+
+
+class ValidationRunConfig(Config):
+    min_valid_records: int = 4
+    min_valid_share: float = 0.5
+    max_seed_rouge_l: float = 0.7
+    max_seed_bleu: float = 50.0
+    max_self_bleu: float = 60.0
+    max_pairwise_rouge_l: float = 0.5
+    self_bleu_sample: int = 100
+    max_instruction_words: int = 150
+    max_output_chars: int = 8000
+    seed: int = 0
+
+
+class LoraRunConfig(Config):
+    base_model: Optional[str] = None  # overrides LORA_MODEL_NAME for this run
+    n_trials: Optional[int] = None  # overrides LORA_N_TRIALS for this run
+    epochs: int = 2
+    batch_size: int = 4
+    max_length: int = 256
+    eval_fraction: float = 0.2
+    evals_per_trial: int = 2
+    lora_dropout: float = 0.05
+    target_modules: Optional[list[str]] = None
+    rank_min: int = 4
+    rank_max: int = 64
+    alpha_min: int = 4
+    alpha_max: int = 128
+    lr_min: float = 1e-5
+    lr_max: float = 5e-3
+    seed: int = 0

@@ -1,0 +1,93 @@
+"""Typed resources, read once from the environment; secrets stay EnvVar references, never values."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Optional
+
+from dagster import ConfigurableResource, EnvVar
+
+from frd_assets.core.models import DEFAULT_MODEL, model_cache_dir
+from frd_assets.core.store import LocalStore, S3Store, Store, StoreError, default_local_root
+
+
+class StoreResource(ConfigurableResource):
+    """S3 (MinIO or any S3 endpoint) when endpoint is set, else a local folder per bucket."""
+
+    endpoint: Optional[str] = None
+    access_key: Optional[str] = None
+    secret_key: Optional[str] = None
+    local_root: Optional[str] = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "StoreResource":
+        env = os.environ if env is None else env
+        if env.get("MINIO_ENDPOINT", "").strip():
+            missing = [k for k in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if not env.get(k)]
+            if missing:
+                raise StoreError(f"MINIO_ENDPOINT is set but {', '.join(missing)} is not; set both keys or unset it")
+            # EnvVar keeps the values out of the run config and the UI; Dagster reads them at run time.
+            return cls(
+                endpoint=EnvVar("MINIO_ENDPOINT"),
+                access_key=EnvVar("MINIO_ACCESS_KEY"),
+                secret_key=EnvVar("MINIO_SECRET_KEY"),
+            )
+        return cls(local_root=env.get("FRD_LOCAL_STORE") or str(default_local_root()))
+
+    def get_store(self) -> Store:
+        if self.endpoint:
+            return S3Store.connect(self.endpoint, self.access_key or "", self.secret_key or "")
+        return LocalStore(self.local_root or default_local_root())
+
+
+class TeacherResource(ConfigurableResource):
+    """The teacher model of generated_dataset: a local transformers model name or folder."""
+
+    model: str = DEFAULT_MODEL
+    batch_size: int = 8
+
+    def build(self):
+        from frd_assets.core.generation.teachers import TransformersTeacher
+
+        return TransformersTeacher(self.model, batch_size=self.batch_size)
+
+
+class LoraResource(ConfigurableResource):
+    """Defaults of lora_adapter: base model, trial count, where the Optuna study and trial adapters live."""
+
+    base_model: str = DEFAULT_MODEL
+    n_trials: int = 3
+    optuna_storage: str = ""  # an SQLAlchemy URL; empty means an SQLite file in the cache folder
+    work_dir: str = ""  # trial adapters; empty means the cache folder
+
+    def storage_url(self) -> str:
+        if self.optuna_storage:
+            return self.optuna_storage
+        path = model_cache_dir().parent / "optuna.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+
+    def trials_dir(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else model_cache_dir().parent / "trials"
+
+
+def build_resources(env: Mapping[str, str] | None = None) -> dict:
+    env = os.environ if env is None else env
+    store = StoreResource.from_env(env)
+    from frd_assets.defs.io_managers import StoreIOManager
+
+    return {
+        "store": store,
+        "io_manager": StoreIOManager(store=store),
+        "teacher": TeacherResource(
+            model=env.get("TEACHER_MODEL") or DEFAULT_MODEL, batch_size=int(env.get("TEACHER_BATCH_SIZE") or 8)
+        ),
+        "lora": LoraResource(
+            base_model=env.get("LORA_MODEL_NAME") or DEFAULT_MODEL,
+            n_trials=int(env.get("LORA_N_TRIALS") or 3),
+            # The URL may hold a database password: pass it by reference when it is set.
+            optuna_storage=EnvVar("OPTUNA_STORAGE") if env.get("OPTUNA_STORAGE") else "",
+            work_dir=env.get("FRD_TRIALS_DIR", ""),
+        ),
+    }

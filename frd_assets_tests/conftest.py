@@ -1,0 +1,78 @@
+"""Session fixtures: a real S3 server, a tiny trained chat model, stores and Dagster instances."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = start_s3_server(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    stop_s3_server(server)
+
+
+@pytest.fixture
+def s3_store(s3_server):
+    from frd_assets.core.store import S3Store
+
+    return S3Store.connect(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    from frd_assets.core.store import LocalStore
+
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request):
+    """Each store test runs on both backends."""
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Built once per code version into the git-ignored cache, so re-runs skip the few seconds of training."""
+    from frd_assets_tests.tiny_model import build_tiny_chat_model
+
+    sources = [REPO / "frd_assets_tests" / "tiny_model.py", REPO / "frd_assets" / "core" / "generation" / "prompts.py"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    folder = REPO / ".cache" / "test-models" / f"tiny-chat-{digest}"
+    if not (folder / "config.json").exists():
+        staging = tmp_path_factory.mktemp("tiny-model") / "model"
+        build_tiny_chat_model(staging)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if not (folder / "config.json").exists():
+            os.replace(staging, folder)
+    return folder
+
+
+@pytest.fixture
+def dataset_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def dagster_instance(tmp_path):
+    from dagster import DagsterInstance
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture
+def sample_seed_bytes() -> bytes:
+    return (REPO / "frd_assets" / "data" / "sample_seed.jsonl").read_bytes()

@@ -1,0 +1,132 @@
+"""The whole chain on real parts: SeaweedFS over HTTP, a Dagster instance on disk, transformers, peft, optuna."""
+
+import json
+
+import pytest
+from dagster import AssetCheckKey, AssetKey, materialize
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET, S3Store
+from frd_assets.definitions import ASSETS
+from frd_assets.defs.partitions import dataset_partitions
+from frd_assets.defs.resources import build_resources
+
+GENERATION = {
+    "num_instructions": 10,
+    "prompts_per_round": 4,
+    "max_rounds": 6,
+    "temperature": 1.0,
+    "max_new_tokens_instructions": 96,
+    "max_new_tokens_instance": 96,
+}
+
+
+@pytest.fixture
+def chain_env(s3_server, tiny_model_dir, tmp_path, monkeypatch):
+    env = {
+        **s3_server.env(),
+        "TEACHER_MODEL": str(tiny_model_dir),
+        "LORA_MODEL_NAME": str(tiny_model_dir),
+        "LORA_N_TRIALS": "2",
+        "OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "FRD_TRIALS_DIR": str(tmp_path / "trials"),
+    }
+    for k, v in env.items():  # the S3 keys reach the resources as EnvVar references, read at run time
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def metadata(instance, asset: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def run_chain(instance, env, dataset_id, seed_bytes, validation=None):
+    store = S3Store.connect(env["MINIO_ENDPOINT"], env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"])
+    store.put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", seed_bytes)
+    instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
+    ops = {"generated_dataset": {"config": GENERATION}, "lora_adapter": {"config": {"epochs": 2, "batch_size": 2}}}
+    if validation:
+        ops["validated_dataset"] = {"config": validation}
+    result = materialize(
+        ASSETS,
+        partition_key=dataset_id,
+        instance=instance,
+        resources=build_resources(env),
+        run_config={"ops": ops},
+        raise_on_error=False,
+    )
+    return store, result
+
+
+def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_seed_bytes, tiny_model_dir, tmp_path):
+    store, result = run_chain(dagster_instance, chain_env, dataset_id, sample_seed_bytes)
+    assert result.success
+
+    status = json.loads(store.get_bytes(DATASETS_BUCKET, f"{dataset_id}/status.json"))
+    assert status["verdict"] == "READY_FOR_FINE_TUNING", status
+    for name in ("seed_dataset", "generated_dataset", "validated_dataset"):
+        assert store.exists(DATASETS_BUCKET, f"{dataset_id}/{name}.jsonl")
+    keys = sorted(i.key for i in store.list(ADAPTERS_BUCKET, dataset_id + "/"))
+    assert keys == [
+        f"{dataset_id}/{n}" for n in ("README.md", "adapter_config.json", "adapter_model.safetensors", "trials.json")
+    ]
+
+    adapter = metadata(dagster_instance, "lora_adapter")
+    assert set(adapter["best_params"]) == {"rank", "lora_alpha", "learning_rate"}
+    assert adapter["uri"] == f"s3://{ADAPTERS_BUCKET}/{dataset_id}"
+    assert adapter["base_eval_loss"] > 0 and adapter["best_eval_loss"] > 0
+    generated = metadata(dagster_instance, "generated_dataset")
+    assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
+    assert metadata(dagster_instance, "seed_dataset")["records"] == 14
+
+    # The stored adapter loads as it lies with peft and changes the base model's output.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = store.download_folder(ADAPTERS_BUCKET, dataset_id, tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 12, 20]])
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, folder)
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after)
+    assert json.loads((folder / "adapter_config.json").read_text())["r"] == adapter["best_params"]["rank"]
+
+    # Secrets never reach run config or metadata.
+    run = dagster_instance.get_run_by_id(result.run_id)
+    dumped = json.dumps(run.run_config) + json.dumps(
+        [str(metadata(dagster_instance, a)) for a in ("seed_dataset", "generated_dataset", "lora_adapter")]
+    )
+    assert chain_env["MINIO_SECRET_KEY"] not in dumped
+
+
+def test_deleted_verdict_removes_data_and_blocks_the_adapter(
+    chain_env, dagster_instance, dataset_id, sample_seed_bytes
+):
+    store, result = run_chain(
+        dagster_instance, chain_env, dataset_id, sample_seed_bytes, validation={"max_self_bleu": 0.0}
+    )
+    status = json.loads(store.get_bytes(DATASETS_BUCKET, f"{dataset_id}/status.json"))
+    assert status["verdict"] == "DELETED" and "self_bleu" in status["failed_gates"]
+    assert not store.exists(DATASETS_BUCKET, f"{dataset_id}/generated_dataset.jsonl")
+    assert store.exists(DATASETS_BUCKET, f"{dataset_id}/validation_report.json")
+    assert dagster_instance.get_latest_materialization_event(AssetKey("lora_adapter")) is None
+    assert list(store.list(ADAPTERS_BUCKET, dataset_id)) == []
+    check_key = AssetCheckKey(AssetKey("validated_dataset"), "ready_for_fine_tuning")
+    check = dagster_instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])[check_key]
+    assert check.status == AssetCheckExecutionRecordStatus.FAILED
+    # A failed blocking check fails the run and the adapter step never starts.
+    assert not result.success
+    assert [e for e in result.all_events if e.step_key == "lora_adapter"] == []
+
+
+def test_bad_seed_fails_only_its_own_partition(chain_env, dagster_instance, dataset_id):
+    store, result = run_chain(dagster_instance, chain_env, dataset_id, b'{"instruction": "x"}\n{oops\n')
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    message = failure.step_failure_data.error.message
+    assert f"s3://seeds/{dataset_id}.jsonl line 1" in message and "unknown seed format" in message
+    assert list(store.list(DATASETS_BUCKET, dataset_id)) == []

@@ -1,0 +1,88 @@
+import json
+import time
+import uuid
+
+import pytest
+from dagster import build_sensor_context
+
+from frd_assets.core.store import SEEDS_BUCKET
+from frd_assets.defs.partitions import dataset_partitions
+from frd_assets.defs.resources import StoreResource
+from frd_assets.defs.sensors import seed_upload_sensor, seed_uuid
+
+SEED = b'{"instruction": "Name a fruit.", "input": "", "output": "Apple"}\n'
+
+
+@pytest.fixture
+def store_resource(s3_server, monkeypatch):
+    # A bucket of its own per test: the session's S3 server is shared.
+    return StoreResource(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key)
+
+
+@pytest.fixture
+def seeds(store_resource):
+    store = store_resource.get_store()
+    for info in list(store.list(SEEDS_BUCKET)):
+        store.delete(SEEDS_BUCKET, info.key)
+    return store
+
+
+def tick(instance, store_resource, cursor=None):
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"store": store_resource})
+    return seed_upload_sensor(context)
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10.jsonl", "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"),
+        ("0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10.json", "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"),
+        ("0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10.csv", None),
+        ("notes.jsonl", None),
+        ("dir/0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10.jsonl", None),
+        ("0B8E8F7E-6C8B-4B53-9A59-1C1F3C0F7D10.jsonl", None),
+    ],
+)
+def test_seed_uuid(key, expected):
+    assert seed_uuid(key) == expected
+
+
+def test_new_seeds_become_partitions_and_runs_once(dagster_instance, store_resource, seeds):
+    ids = sorted(str(uuid.uuid4()) for _ in range(3))
+    for i in ids:
+        seeds.put_bytes(SEEDS_BUCKET, f"{i}.jsonl", SEED)
+    seeds.put_bytes(SEEDS_BUCKET, "README.txt", b"not a seed")
+    seeds.put_bytes(SEEDS_BUCKET, "not-a-uuid.jsonl", SEED)
+
+    result = tick(dagster_instance, store_resource)
+    assert sorted(r.partition_key for r in result.run_requests) == ids
+    assert [sorted(req.partition_keys) for req in result.dynamic_partitions_requests] == [ids]
+    assert all(r.run_key.startswith(r.partition_key) for r in result.run_requests)
+
+    # The daemon would apply the partition request; then the next tick from the cursor finds nothing new.
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, ids)
+    again = tick(dagster_instance, store_resource, result.cursor)
+    assert not again.run_requests
+    assert again.skip_reason is not None
+
+    # A later upload is picked up alone, and an existing partition is not added again.
+    time.sleep(1.1)  # S3 last-modified has one-second resolution
+    late = str(uuid.uuid4())
+    seeds.put_bytes(SEEDS_BUCKET, f"{late}.json", b"[" + SEED.strip() + b"]")
+    third = tick(dagster_instance, store_resource, again.cursor)
+    assert [r.partition_key for r in third.run_requests] == [late]
+    assert json.loads(third.cursor)["key"] == f"{late}.json"
+
+
+def test_rewritten_seed_of_a_known_partition_reruns_without_adding_it(dagster_instance, store_resource, seeds):
+    known = str(uuid.uuid4())
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [known])
+    seeds.put_bytes(SEEDS_BUCKET, f"{known}.jsonl", SEED)
+    result = tick(dagster_instance, store_resource)
+    assert [r.partition_key for r in result.run_requests] == [known]
+    assert result.dynamic_partitions_requests == []
+
+
+def test_an_empty_bucket_skips(dagster_instance, store_resource, seeds):
+    result = tick(dagster_instance, store_resource)
+    assert not result.run_requests and result.skip_reason is not None

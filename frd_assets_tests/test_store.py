@@ -1,0 +1,89 @@
+import uuid
+
+import pytest
+
+from frd_assets.core.store import LocalStore, ObjectNotFound, S3Store, StoreError
+
+
+@pytest.fixture
+def bucket():
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def test_round_trip_creates_the_bucket(store, bucket):
+    store.put_bytes(bucket, "a/b.jsonl", b'{"x": 1}\n')
+    assert store.get_bytes(bucket, "a/b.jsonl") == b'{"x": 1}\n'
+    assert store.exists(bucket, "a/b.jsonl")
+    store.put_bytes(bucket, "a/b.jsonl", "ü".encode())  # overwrite replaces whole
+    assert store.get_bytes(bucket, "a/b.jsonl") == "ü".encode()
+
+
+def test_missing_key_and_missing_bucket_raise_object_not_found(store, bucket):
+    store.put_bytes(bucket, "present", b"1")
+    with pytest.raises(ObjectNotFound, match=f"no object .*{bucket}.*absent"):
+        store.get_bytes(bucket, "absent")
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes(f"{bucket}-none", "x")
+    assert not store.exists(bucket, "absent")
+    assert list(store.list(f"{bucket}-none")) == []
+
+
+def test_list_delete_and_prefixes(store, bucket):
+    for key in ("u1/a.jsonl", "u1/b.jsonl", "u2/a.jsonl"):
+        store.put_bytes(bucket, key, key.encode())
+    assert sorted(i.key for i in store.list(bucket, "u1/")) == ["u1/a.jsonl", "u1/b.jsonl"]
+    infos = list(store.list(bucket))
+    assert all(i.size == len(i.key) and i.last_modified > 0 and i.etag for i in infos)
+    store.delete(bucket, "u2/a.jsonl")
+    store.delete(bucket, "u2/a.jsonl")  # deleting twice is fine
+    assert store.delete_prefix(bucket, "u1/") == 2
+    assert list(store.list(bucket)) == []
+
+
+def test_folder_upload_writes_config_last_and_downloads(store, bucket, tmp_path):
+    src = tmp_path / "adapter"
+    (src / "sub").mkdir(parents=True)
+    (src / "adapter_config.json").write_text("{}")
+    (src / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+    (src / "sub" / "x.txt").write_text("x")
+    keys = store.upload_folder(src, bucket, "uuid-1")
+    assert keys[-1] == "uuid-1/adapter_config.json"
+    dest = store.download_folder(bucket, "uuid-1", tmp_path / "back")
+    assert (dest / "adapter_model.safetensors").read_bytes() == b"\0" * 1000
+    assert (dest / "sub" / "x.txt").read_text() == "x"
+    with pytest.raises(ObjectNotFound, match="nothing stored under"):
+        store.download_folder(bucket, "uuid-2", tmp_path / "none")
+
+
+def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_bytes("b", "k", b"old")
+
+    # A failing write (here: not bytes) leaves the old object whole and no temp file behind.
+    with pytest.raises(TypeError):
+        store.put_bytes("b", "k", 12345)  # type: ignore[arg-type]
+    assert store.get_bytes("b", "k") == b"old"
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["k"]
+
+
+def test_local_rejects_keys_escaping_the_bucket(tmp_path):
+    with pytest.raises(StoreError, match="invalid key"):
+        LocalStore(tmp_path).put_bytes("b", "../escape", b"x")
+
+
+def test_s3_wrong_credentials_are_rejected_without_leaking_the_secret(s3_server):
+    store = S3Store.connect(s3_server.endpoint, s3_server.access_key, "wrong-secret-value")
+    with pytest.raises(StoreError) as err:
+        store.put_bytes("seeds", "x.jsonl", b"1")
+    assert "MINIO_SECRET_KEY" in str(err.value) and "wrong-secret-value" not in str(err.value)
+    assert "wrong-secret-value" not in repr(store)
+    unknown = S3Store.connect(s3_server.endpoint, "nobody", "nothing-at-all")
+    with pytest.raises(StoreError, match="refused"):
+        list(unknown.list("seeds"))
+
+
+def test_s3_unreachable_endpoint_names_it():
+    store = S3Store.connect("127.0.0.1:9", "k", "s")
+    store.client.meta.config.retries = {"max_attempts": 1}
+    with pytest.raises(StoreError, match="127.0.0.1:9"):
+        store.get_bytes("seeds", "x")

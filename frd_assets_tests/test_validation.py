@@ -1,0 +1,112 @@
+import pytest
+from rouge_score.rouge_scorer import RougeScorer
+from sacrebleu.metrics import BLEU
+
+from frd_assets.core.metrics.bleu import corpus_bleu, self_bleu
+from frd_assets.core.validation import DELETED, READY, ValidationConfig, validate
+
+SEEDS = [
+    "Give three tips for staying healthy.",
+    "Translate the sentence into French.",
+    "Summarize the paragraph in one sentence.",
+]
+GOOD = [
+    {"instruction": "Name the largest planet in our solar system.", "input": "", "output": "Jupiter."},
+    {"instruction": "Convert 3 kilometres into metres.", "input": "", "output": "3000 metres."},
+    {"instruction": "Suggest a title for a novel about a lighthouse keeper.", "input": "", "output": "The Last Light"},
+    {
+        "instruction": "Return the person as JSON with name and age.",
+        "input": "Ana, 31",
+        "output": '{"name": "Ana", "age": 31}',
+    },
+    {"instruction": "Explain what photosynthesis produces.", "input": "", "output": "Sugar and oxygen."},
+]
+
+
+def gate(report, name):
+    return next(g for g in report.gates if g.name == name)
+
+
+def test_good_set_is_ready():
+    report = validate(GOOD, SEEDS, ValidationConfig())
+    assert report.verdict == READY, report.to_json()
+    assert report.valid_records == 5 and report.invalid_records == {}
+
+
+def test_per_record_problems_are_counted_by_reason_and_dropped():
+    bad = [
+        "not an object",
+        {"instruction": "x y z", "output": "o"},
+        {"instruction": "x y z", "input": 3, "output": "o"},
+        {"instruction": " ", "input": "", "output": "o"},
+        {"instruction": "a b c", "input": "", "output": ""},
+        {"instruction": "Give the answer as JSON please.", "input": "", "output": "{broken"},
+        {"instruction": "List things.", "input": "", "output": "[1, 2"},
+        GOOD[0],
+    ]
+    report = validate(GOOD + bad, SEEDS, ValidationConfig())
+    assert report.invalid_records == {
+        "not_an_object": 1,
+        "missing_input": 1,
+        "input_not_a_string": 1,
+        "empty_instruction": 1,
+        "empty_output": 1,
+        "output_not_valid_json": 2,
+        "duplicate": 1,
+    }
+    assert report.valid_records == 5 and len(report.valid_rows) == 5
+
+
+def test_copying_the_seeds_fails_novelty_gates():
+    copies = [{"instruction": s, "input": "", "output": "ok"} for s in SEEDS] * 2
+    copies = [dict(r, input=str(i)) for i, r in enumerate(copies)]
+    report = validate(copies, SEEDS, ValidationConfig())
+    assert report.verdict == DELETED
+    assert {"seed_rouge_l_mean", "seed_bleu"} <= {g.name for g in report.failed_gates}
+    assert gate(report, "seed_rouge_l_mean").value == pytest.approx(1.0)
+
+
+def test_repetitive_set_fails_diversity_gates():
+    rows = [
+        {"instruction": f"Describe the weather in the city number {i} today.", "input": "", "output": "Sunny."}
+        for i in range(10)
+    ]
+    report = validate(rows, SEEDS, ValidationConfig())
+    assert report.verdict == DELETED
+    assert "pairwise_rouge_l_mean" in [g.name for g in report.failed_gates]
+
+
+def test_too_few_or_too_many_invalid_records_fail():
+    assert validate(GOOD[:2], SEEDS, ValidationConfig()).verdict == DELETED
+    junk = [{"instruction": "", "input": "", "output": ""}] * 10
+    report = validate(GOOD + junk, SEEDS, ValidationConfig())
+    assert report.verdict == DELETED and [g.name for g in report.failed_gates] == ["valid_share"]
+
+
+def test_report_carries_signatures():
+    report = validate(GOOD, SEEDS, ValidationConfig())
+    assert gate(report, "seed_bleu").signature.startswith("nrefs:1|case:mixed")
+    assert "rouge_score" in gate(report, "seed_rouge_l_mean").signature
+    assert report.to_dict()["failed_gates"] == []
+
+
+def test_bleu_metrics_match_sacrebleu():
+    hyps, refs = [g["instruction"] for g in GOOD], SEEDS + SEEDS[:2]
+    assert corpus_bleu(hyps, refs).value == pytest.approx(BLEU().corpus_score(hyps, [refs]).score)
+    texts = [g["instruction"] for g in GOOD]
+    expected = sum(
+        BLEU(effective_order=True).sentence_score(t, texts[:i] + texts[i + 1 :]).score for i, t in enumerate(texts)
+    ) / len(texts)
+    assert self_bleu(texts).value == pytest.approx(expected)
+
+
+def test_seed_rouge_gate_uses_rouge_score_definition():
+    report = validate(GOOD, SEEDS, ValidationConfig())
+    scorer = RougeScorer(["rougeL"])
+    expected = sum(max(scorer.score(s, g["instruction"])["rougeL"].fmeasure for s in SEEDS) for g in GOOD) / 5
+    assert gate(report, "seed_rouge_l_mean").value == pytest.approx(expected)
+
+
+def test_config_rejects_out_of_range_thresholds():
+    with pytest.raises(ValueError, match="max_seed_rouge_l must be in \\[0, 1\\], got 2"):
+        ValidationConfig(max_seed_rouge_l=2)
