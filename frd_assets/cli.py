@@ -103,6 +103,8 @@ def cmd_demo(args) -> int:
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
     run_config = {
+        # Progress lines (generation rounds, trials) without Dagster's per-event debug chatter.
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
         "ops": {
             "generated_dataset": {"config": {"num_instructions": args.instructions}},
             "lora_adapter": {"config": {"n_trials": args.trials}},

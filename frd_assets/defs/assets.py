@@ -1,8 +1,6 @@
 """The four assets: each reads its input, calls core, and returns the output with metadata."""
 
 import json
-import tempfile
-from pathlib import Path
 
 from dagster import (
     AssetCheckResult,
@@ -204,15 +202,15 @@ def lora_adapter(
         config.rank_min, config.rank_max, config.alpha_min, config.alpha_max, config.lr_min, config.lr_max
     )
     study = study_name_for(uuid, base_model)
-    out_dir = Path(tempfile.mkdtemp(prefix="frd-adapter-")) / uuid
+    work_dir = lora.trials_dir() / study
     result = run_search(
         rows_to_records(validated_dataset),
         base_model=base_model,
         n_trials=n_trials,
         storage_url=lora.storage_url(),
         study_name=study,
-        work_dir=lora.trials_dir() / study,
-        out_dir=out_dir,
+        work_dir=work_dir,
+        out_dir=work_dir / "best",
         training=training,
         space=space,
         print_fn=context.log.info,
@@ -229,7 +227,7 @@ def lora_adapter(
             f"{p.get('learning_rate', 0):.2e} | {loss} |"
         )
     return Output(
-        AdapterFolder(out_dir),
+        AdapterFolder(result.adapter_dir),
         metadata={
             "base_model": base_model,
             "study": study,
