@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,6 +102,8 @@ def run_search(
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats are marked experimental in Optuna 5 but are the documented way to recover dead trials.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     tokenizer = load_tokenizer(base_model)
     train_records, eval_records = split_records(records, eval_fraction=training.eval_fraction, seed=training.seed)
     train = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in train_records]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -104,6 +105,8 @@ def run_trial(
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)
+    # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     lora_config = LoraConfig(
         r=hp.rank,
         lora_alpha=hp.lora_alpha,
