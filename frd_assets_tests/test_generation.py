@@ -122,3 +122,23 @@ def test_self_instruct_loop_on_tiny_teacher(tiny_teacher, sample_seed_bytes):
         pool.append(ins)
     assert sum(result.rejected.values()) + len(result.records) >= 8
     assert all(r.output and r.provenance["source"] == "generated" for r in result.records)
+
+
+def test_embedding_dedup_scores_paraphrases_high_and_unrelated_low():
+    from frd_assets.core.generation.embeddings import EmbeddingIndex, SentenceEmbedder
+
+    index = EmbeddingIndex(SentenceEmbedder(), ["Give three tips for staying healthy."])
+    assert index.max_cosine("List three ways to stay healthy.") > 0.75
+    assert index.max_cosine("Translate the sentence into French.") < 0.3
+    index.add("Translate the sentence into French.")
+    assert index.max_cosine("Convert this sentence to French.") > 0.75
+
+
+def test_embedding_dedup_rejects_by_its_own_reason(tiny_teacher, sample_seed_bytes):
+    seeds = parse_seed(sample_seed_bytes, "sample_seed.jsonl")
+    config = GenerationConfig(num_instructions=6, prompts_per_round=4, max_rounds=4, temperature=1.0,
+                              max_new_tokens_instructions=96, max_new_tokens_instance=48,
+                              embedding_dedup_threshold=0.5)
+    result = generate(seeds, tiny_teacher, config, log=lambda _: None)
+    # The tiny teacher's instructions share one template, so semantic near-duplicates are certain.
+    assert result.rejected["similar_embedding"] > 0

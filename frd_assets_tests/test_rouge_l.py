@@ -21,12 +21,16 @@ CASES = [  # (target, prediction): hand-made, covering what rouge-score's tokeni
     ("a b c d", "d c b a"),
     ("Write a poem about the sea.", "Write a poem about the sea."),
     ("Kelvin sign \u212a", "kelvin sign k"),
+    # Found by benchmarks/novelty_filter.py: 2*LCS/(m+n) gives 0.7, rouge-score's 2PR/(P+R) 0.7000000000000001.
+    ("Convert the in from Celsius to Fahrenheit and show the formula Write short, friendly reminder asking a "
+     "colleague to send the quarterly report by Friday.",
+     "Write a short, friendly reminder asking a colleague to send the quarterly report by Friday."),
 ]
 
 
 @pytest.mark.parametrize("target, prediction", CASES)
 def test_matches_rouge_score_on_cases(target, prediction):
-    assert rouge_l_f(target, prediction) == pytest.approx(reference(target, prediction), abs=1e-9)
+    assert rouge_l_f(target, prediction) == reference(target, prediction)  # bit for bit
 
 
 WORDS = st.sampled_from(["the", "cat", "sat", "on", "mat", "a", "dog", "über", "日本", "42", "x-y", "!", ""])
@@ -36,7 +40,7 @@ TEXT = st.one_of(st.text(max_size=60), st.lists(WORDS, max_size=25).map(" ".join
 @settings(max_examples=300, deadline=None)
 @given(TEXT, TEXT)
 def test_matches_rouge_score_on_any_strings(target, prediction):
-    assert rouge_l_f(target, prediction) == pytest.approx(reference(target, prediction), abs=1e-9)
+    assert rouge_l_f(target, prediction) == reference(target, prediction)  # bit for bit
 
 
 @settings(max_examples=20, deadline=None)
@@ -44,7 +48,7 @@ def test_matches_rouge_score_on_any_strings(target, prediction):
     st.lists(WORDS, min_size=300, max_size=600).map(" ".join), st.lists(WORDS, min_size=300, max_size=600).map(" ".join)
 )
 def test_matches_rouge_score_on_long_strings(target, prediction):
-    assert rouge_l_f(target, prediction) == pytest.approx(reference(target, prediction), abs=1e-9)
+    assert rouge_l_f(target, prediction) == reference(target, prediction)  # bit for bit
 
 
 def test_precision_and_recall_match_too():
@@ -57,7 +61,7 @@ def test_precision_and_recall_match_too():
 @given(st.lists(TEXT, min_size=1, max_size=8), st.lists(TEXT, max_size=8))
 def test_batch_max_equals_max_of_pairs(candidates, pool):
     expected = [max((reference(p, c) for p in pool), default=0.0) for c in candidates]
-    assert max_rouge_l_f(candidates, pool) == pytest.approx(expected, abs=1e-9)
+    assert max_rouge_l_f(candidates, pool).tolist() == expected
 
 
 def test_novelty_index_reports_the_closest_text():

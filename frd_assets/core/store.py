@@ -299,6 +299,10 @@ def dataset_object_key(uuid: str, asset_name: str) -> str:
     return f"{uuid}/{asset_name}.jsonl"
 
 
+def generation_checkpoint_key(uuid: str) -> str:
+    return f"{uuid}/generation_checkpoint.json"
+
+
 def status_key(uuid: str) -> str:
     return f"{uuid}/status.json"
 

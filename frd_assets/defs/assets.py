@@ -7,12 +7,15 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    Backoff,
     Failure,
     MetadataValue,
     Output,
+    RetryPolicy,
     asset,
 )
 
+from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import GenerationConfig, generate
 from frd_assets.core.lora.search import SearchSpace, run_search, study_name_for
 from frd_assets.core.lora.trial import TrainingConfig
@@ -23,6 +26,7 @@ from frd_assets.core.store import (
     SEEDS_BUCKET,
     ObjectNotFound,
     dataset_object_key,
+    generation_checkpoint_key,
     status_key,
     validation_report_key,
 )
@@ -81,25 +85,40 @@ def seed_dataset(context: AssetExecutionContext, store: StoreResource) -> Output
     )
 
 
-@asset(partitions_def=dataset_partitions, op_tags=CPU, group_name="frd", kinds={"python"})
+@asset(
+    partitions_def=dataset_partitions,
+    op_tags=CPU,
+    group_name="frd",
+    kinds={"python"},
+    # A retry continues from the checkpoint in the store instead of starting over.
+    retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
+)
 def generated_dataset(
-    context: AssetExecutionContext, config: GenerationRunConfig, teacher: TeacherResource, seed_dataset: list[dict]
+    context: AssetExecutionContext,
+    config: GenerationRunConfig,
+    teacher: TeacherResource,
+    store: StoreResource,
+    seed_dataset: list[dict],
 ) -> Output[list[dict]]:
     """Self-Instruct bootstrapping from the seed with the teacher model, novelty-filtered by ROUGE-L."""
     gen_config = GenerationConfig(**config.model_dump())
     model = teacher.build()
-    result = generate(rows_to_records(seed_dataset), model, gen_config, log=context.log.info)
+    checkpoint = StoreCheckpoint(store.get_store(), DATASETS_BUCKET, generation_checkpoint_key(context.partition_key))
+    result = generate(rows_to_records(seed_dataset), model, gen_config, checkpoint=checkpoint, log=context.log.info)
     if not result.records:
         raise Failure(
             f"generation for dataset {context.partition_key} kept no records after {result.rounds} rounds "
             f"(rejected: {dict(result.rejected)}); raise max_rounds or check the teacher model {model.name}"
         )
     rows = records_to_rows(result.records)
+    # Done: the next materialization of this partition starts afresh rather than returning this set again.
+    checkpoint.clear()
     return Output(
         rows,
         metadata={
             "records": len(rows),
             "target": gen_config.num_instructions,
+            "resumed_from": result.resumed_from,
             "proposed": result.proposed,
             "rejected": MetadataValue.json(dict(result.rejected)),
             "rounds": result.rounds,

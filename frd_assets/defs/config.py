@@ -14,12 +14,14 @@ class GenerationRunConfig(Config):
     prompts_per_round: int = 8
     max_rounds: int = 10
     novelty_threshold: float = 0.7
+    embedding_dedup_threshold: Optional[float] = None
     temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens_instructions: int = 160
     max_new_tokens_instance: int = 160
     min_words: int = 3
     max_words: int = 150
+    checkpoint_every: int = 5
     seed: int = 0
 
 

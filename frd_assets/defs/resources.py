@@ -42,15 +42,33 @@ class StoreResource(ConfigurableResource):
 
 
 class TeacherResource(ConfigurableResource):
-    """The teacher model of generated_dataset: a local transformers model name or folder."""
+    """The teacher of generated_dataset: a local transformers model, or an OpenAI-compatible endpoint."""
 
-    model: str = DEFAULT_MODEL
-    batch_size: int = 8
+    backend: str = "transformers"  # or "openai"
+    model: str = DEFAULT_MODEL  # a model name or folder; for "openai", the served model's name
+    base_url: Optional[str] = None  # for "openai": http://host:port/v1
+    api_key: Optional[str] = None
+    batch_size: int = 8  # prompts per forward pass (transformers)
+    max_concurrency: int = 4  # requests in flight (openai)
+    timeout: float = 120.0  # seconds per request (openai)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "TeacherResource":
+        env = os.environ if env is None else env
+        return cls(
+            backend=env.get("TEACHER_BACKEND") or "transformers",
+            model=env.get("TEACHER_MODEL") or DEFAULT_MODEL,
+            base_url=env.get("TEACHER_BASE_URL") or None,
+            api_key=EnvVar("TEACHER_API_KEY") if env.get("TEACHER_API_KEY") else None,
+            batch_size=int(env.get("TEACHER_BATCH_SIZE") or 8),
+            max_concurrency=int(env.get("TEACHER_MAX_CONCURRENCY") or 4),
+        )
 
     def build(self):
-        from frd_assets.core.generation.teachers import TransformersTeacher
+        from frd_assets.core.generation.teachers import make_teacher
 
-        return TransformersTeacher(self.model, batch_size=self.batch_size)
+        return make_teacher(backend=self.backend, model=self.model, base_url=self.base_url, api_key=self.api_key,
+                            batch_size=self.batch_size, max_concurrency=self.max_concurrency, timeout=self.timeout)
 
 
 class LoraResource(ConfigurableResource):
@@ -80,9 +98,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
     return {
         "store": store,
         "io_manager": StoreIOManager(store=store),
-        "teacher": TeacherResource(
-            model=env.get("TEACHER_MODEL") or DEFAULT_MODEL, batch_size=int(env.get("TEACHER_BATCH_SIZE") or 8)
-        ),
+        "teacher": TeacherResource.from_env(env),
         "lora": LoraResource(
             base_model=env.get("LORA_MODEL_NAME") or DEFAULT_MODEL,
             n_trials=int(env.get("LORA_N_TRIALS") or 3),

@@ -114,3 +114,32 @@ class TransformersTeacher:
     @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
+
+
+TEACHER_BACKENDS = ("transformers", "openai")
+
+
+def make_teacher(
+    *,
+    backend: str,
+    model: str | None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    batch_size: int = 8,
+    max_concurrency: int = 4,
+    timeout: float = 120.0,
+    max_retries: int = 4,
+) -> Teacher:
+    """The one place a teacher is built from settings, for the asset and the CLI alike."""
+    if backend == "transformers":
+        return TransformersTeacher(model, batch_size=batch_size)
+    if backend == "openai":
+        if not base_url:
+            raise ValueError("teacher backend 'openai' needs a base URL: set TEACHER_BASE_URL (e.g. http://host:8000/v1)")
+        if not model:
+            raise ValueError("teacher backend 'openai' needs a model name: set TEACHER_MODEL to the served model")
+        from frd_assets.core.generation.openai_teacher import OpenAICompatibleTeacher
+
+        return OpenAICompatibleTeacher(base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                                       max_concurrency=max_concurrency)
+    raise ValueError(f"unknown teacher backend {backend!r}: use one of {', '.join(TEACHER_BACKENDS)}")

@@ -1,12 +1,13 @@
-"""ROUGE-L F exactly as rouge-score defines it, computed with rapidfuzz's C++ LCS.
+"""ROUGE-L F exactly as rouge-score defines it (bit for bit), computed with rapidfuzz's C++ LCS.
 
 rouge-score lowercases, replaces every character outside [a-z0-9] with a space and splits; so text with no
 Latin letters or digits (Chinese, say) has no tokens and scores 0 even against itself. We keep that
 definition on purpose: the number must match the reference library that the Self-Instruct filter uses.
 
 Speed: each distinct token is mapped to one character, so a token sequence becomes a string and the LCS
-of two sequences is rapidfuzz's `LCSseq.similarity` (a bit-parallel C++ LCS). F = 2*LCS/(m+n), which is
-what rouge-score's 2PR/(P+R) reduces to. rapidfuzz's `normalized_similarity` is LCS/max(m, n): not ROUGE-L.
+of two sequences is rapidfuzz's `LCSseq.similarity` (a bit-parallel C++ LCS). F is then computed as
+rouge-score computes it, 2PR/(P+R); the algebraically equal 2*LCS/(m+n) differs in the last bit, which is
+enough to flip a decision at exactly 0.7. rapidfuzz's `normalized_similarity` is LCS/max(m, n): not ROUGE-L.
 """
 
 from __future__ import annotations
@@ -79,9 +80,12 @@ def f_matrix(encoded_a: Sequence[str], encoded_b: Sequence[str], *, workers: int
     lcs = process.cdist(encoded_a, encoded_b, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
     len_a = np.fromiter((len(s) for s in encoded_a), dtype=np.float64, count=len(encoded_a))
     len_b = np.fromiter((len(s) for s in encoded_b), dtype=np.float64, count=len(encoded_b))
-    denom = len_a[:, None] + len_b[None, :]
+    # rouge-score's own arithmetic (a as target, b as prediction), so results are bit-identical and a
+    # candidate sitting exactly on the 0.7 threshold is decided the same way as in the reference.
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.where((lcs > 0) & (denom > 0), 2.0 * lcs / denom, 0.0)
+        precision = lcs / len_b[None, :]
+        recall = lcs / len_a[:, None]
+        f = np.where(lcs > 0, 2 * precision * recall / (precision + recall), 0.0)
     return f
 
 
