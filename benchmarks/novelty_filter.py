@@ -5,50 +5,20 @@ instructions plus everything kept so far) is at most 0.7, as Stanford Alpaca's g
 does. The baseline is that code's inner loop (pre-tokenised, `rouge_scorer._score_lcs` per pair) in a
 single process. Prints both times, the speedup and whether every keep/reject decision is the same.
 
-Run: .venv/bin/python benchmarks/novelty_filter.py [--n 5000]
+Run: .venv/bin/python -m benchmarks.novelty_filter [--n 5000]
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import time
-from importlib import resources
 
 from rouge_score import rouge_scorer
 
+from benchmarks.synthetic import make_candidates, seed_instructions
 from frd_assets.core.metrics.rouge_l import NoveltyIndex
-from frd_assets.core.records import parse_seed
 
 THRESHOLD = 0.7
-
-
-def seed_instructions() -> list[str]:
-    data = (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
-    return list(dict.fromkeys(r.instruction for r in parse_seed(data, "sample_seed.jsonl")))
-
-
-def make_candidates(seeds: list[str], n: int, seed: int = 0) -> list[str]:
-    """Deterministic recombinations of the seed instructions: spliced halves, dropped and swapped words, and
-    words drawn from the whole seed vocabulary, so some candidates copy the pool and others are new."""
-    rng = random.Random(seed)
-    words = [w for s in seeds for w in s.split()]
-    out = []
-    for _ in range(n):
-        a, b = rng.sample(seeds, 2)
-        wa, wb = a.split(), b.split()
-        mix = wa[: rng.randint(1, len(wa))] + wb[rng.randint(0, len(wb) - 1):]
-        for _ in range(rng.randint(0, 8)):
-            op = rng.random()
-            i = rng.randrange(len(mix))
-            if op < 0.4:
-                mix[i] = rng.choice(words)
-            elif op < 0.7 and len(mix) > 3:
-                del mix[i]
-            else:
-                mix.insert(i, rng.choice(words))
-        out.append(" ".join(mix))
-    return out
 
 
 def project_filter(seeds: list[str], candidates: list[str]) -> list[bool]:

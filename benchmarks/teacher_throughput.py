@@ -4,7 +4,7 @@ Same model (the prepared SmolLM2-135M-Instruct unless --model), same 8 Self-Inst
 decoding and the same token budget, in one process; prints generated tokens per second for both and the
 ratio. Goal: at least 3x on 2 CPU cores.
 
-Run: .venv/bin/python benchmarks/teacher_throughput.py [--model NAME_OR_PATH] [--max-new-tokens 64]
+Run: .venv/bin/python -m benchmarks.teacher_throughput [--model NAME_OR_PATH] [--max-new-tokens 64]
 """
 
 from __future__ import annotations

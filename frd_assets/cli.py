@@ -98,6 +98,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def format_report(report, source: str) -> str:
+    invalid = report.records - report.valid_records
+    lines = [
+        f"{source}: {report.verdict}",
+        f"records: {report.records}, valid: {report.valid_records}, invalid: {invalid}",
+    ]
+    for reason, count in sorted(report.invalid_records.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {reason}: {count}")
+    lines.append("gates:")
+    for g in report.gates:
+        lines.append(f"  {'pass' if g.passed else 'FAIL'}  {g.name} = {g.value:.4g} (threshold {g.threshold:g})")
+    return "\n".join(lines)
+
+
+def cmd_validate(args) -> int:
+    """The validation gate on local files, without Dagster: 0 READY_FOR_FINE_TUNING, 3 DELETED, 2 bad input."""
+    import json
+
+    from frd_assets.core.records import SeedFormatError, parse_seed
+    from frd_assets.core.validation import READY, ValidationConfig, read_records, validate
+
+    try:
+        data = Path(args.data).read_bytes()
+        seeds = parse_seed(Path(args.seed).read_bytes(), args.seed) if args.seed else []
+        config = ValidationConfig(**json.loads(args.config)) if args.config else ValidationConfig()
+    except (OSError, SeedFormatError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rows, unreadable = read_records(data)
+    report = validate(rows, [s.instruction for s in seeds], config, unreadable=unreadable)
+    print(json.dumps(report.to_dict(), sort_keys=True) if args.json else format_report(report, args.data))
+    return 0 if report.verdict == READY else EXIT_DELETED
+
+
 def _step_seconds(instance, run_id: str) -> dict[str, float]:
     from dagster import DagsterEventType
 
@@ -204,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--teacher-url", help="OpenAI-compatible base URL; selects the HTTP teacher")
     gen.add_argument("--checkpoint", help="checkpoint file (default OUT.checkpoint.json)")
     gen.set_defaults(func=cmd_generate)
+
+    val = sub.add_parser(
+        "validate", help="run the validation gate on a JSONL file (exit 0 ready, 3 deleted, 2 bad input)"
+    )
+    val.add_argument("data", help="generated records, JSONL")
+    val.add_argument("--seed", help="the seed file, for the novelty gates")
+    val.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    val.add_argument("--config", help="JSON object of thresholds, e.g. '{\"max_self_bleu\": 50}'")
+    val.set_defaults(func=cmd_validate)
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")

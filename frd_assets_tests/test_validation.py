@@ -110,3 +110,47 @@ def test_seed_rouge_gate_uses_rouge_score_definition():
 def test_config_rejects_out_of_range_thresholds():
     with pytest.raises(ValueError, match="max_seed_rouge_l must be in \\[0, 1\\], got 2"):
         ValidationConfig(max_seed_rouge_l=2)
+
+
+@pytest.mark.parametrize(
+    "gate_name, strict",
+    [
+        ("valid_records", {"min_valid_records": 6}),
+        ("valid_share", {"min_valid_share": 1.0}),
+        ("seed_rouge_l_mean", {"max_seed_rouge_l": 0.0}),
+        ("seed_bleu", {"max_seed_bleu": 0.0}),
+        ("self_bleu", {"max_self_bleu": 0.0}),
+        ("pairwise_rouge_l_mean", {"max_pairwise_rouge_l": 0.0}),
+    ],
+)
+def test_each_gate_passes_by_default_and_fails_alone_when_its_threshold_is_tightened(gate_name, strict):
+    rows = GOOD + [{"instruction": "", "input": "", "output": "x"}]  # one invalid record: share 5/6
+    assert gate(validate(rows, SEEDS, ValidationConfig()), gate_name).passed
+    report = validate(rows, SEEDS, ValidationConfig(**strict))
+    assert report.verdict == DELETED
+    assert [g.name for g in report.failed_gates] == [gate_name]
+
+
+# (hypotheses, references, where the case comes from): checked against sacrebleu's own corpus_score.
+BLEU_CASES = [
+    (["the cat sat on the mat"], ["the cat sat on the mat"], "identical: 100"),
+    (["the cat"], ["the cat sat on the mat"], "short hypothesis: brevity penalty"),
+    (["Der Hund bellt."], ["The dog barks."], "no overlap: 0"),
+    (["It is a guide to action which ensures that the military always obeys the commands of the party."],
+     ["It is a guide to action that ensures that the military will forever heed Party commands."],
+     "Papineni et al. 2002, example 1"),
+]
+
+
+@pytest.mark.parametrize("hyps, refs, source", BLEU_CASES)
+def test_corpus_bleu_case_table(hyps, refs, source):
+    assert corpus_bleu(hyps, refs).value == pytest.approx(BLEU().corpus_score(hyps, [refs]).score)
+
+
+def test_read_records_counts_unparsable_lines_and_never_raises():
+    from frd_assets.core.validation import read_records
+
+    data = b'{"instruction": "a"}\n{"instruction": \n\xff\xfe\n\n[1, 2]\n"text"\n' + b"[" * 100000 + b"\n"
+    rows, unreadable = read_records(data)
+    assert rows == [{"instruction": "a"}, [1, 2], "text"]
+    assert unreadable == {"invalid_json": 2, "not_utf8": 1}

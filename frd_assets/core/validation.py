@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -10,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from frd_assets.core.metrics.bleu import corpus_bleu, self_bleu
-from frd_assets.core.metrics.json_checks import record_problem
+from frd_assets.core.metrics.json_checks import REQUIRED_FIELDS, record_problem
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.rouge_l import TokenEncoder, f_matrix
 
@@ -83,7 +84,40 @@ class ValidationReport:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def validate(rows: Sequence[Any], seed_instructions: Sequence[str], config: ValidationConfig) -> ValidationReport:
+def read_records(data: bytes) -> tuple[list[Any], Counter]:
+    """Reads JSONL for validation without ever raising: a line that is not UTF-8 or not JSON is counted by
+    reason; lines that parse (objects or not) are returned for the per-record checks. Blank lines are skipped."""
+    rows: list[Any] = []
+    unreadable: Counter = Counter()
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            unreadable["not_utf8"] += 1
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (ValueError, RecursionError):  # bad JSON, a number too long to convert, absurd nesting
+            unreadable["invalid_json"] += 1
+    return rows, unreadable
+
+
+def record_checks_signature(config: ValidationConfig) -> str:
+    return (
+        f"record_checks|fields:{','.join(REQUIRED_FIELDS)}|max_instruction_words:{config.max_instruction_words}"
+        f"|max_output_chars:{config.max_output_chars}|json:asked-for-or-starts-with-brace|dedup:instruction+input"
+    )
+
+
+def _gate(name: str, value: float, threshold: float, *, at_most: bool, signature: str) -> Gate:
+    passed = value <= threshold if at_most else value >= threshold
+    return Gate(name, float(value), float(threshold), bool(passed), signature)
+
+
+def check_records(rows: Sequence[Any], config: ValidationConfig) -> tuple[list[dict[str, Any]], Counter]:
+    """Keeps the records that pass every per-record check; counts the rest by their first problem."""
     invalid: Counter = Counter()
     valid: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
@@ -93,62 +127,69 @@ def validate(rows: Sequence[Any], seed_instructions: Sequence[str], config: Vali
         )
         if problem is None:
             key = (row["instruction"].strip().lower(), row["input"].strip().lower())
-            if key in seen:
-                problem = "duplicate"
+            problem = "duplicate" if key in seen else None
             seen.add(key)
         if problem:
             invalid[problem] += 1
         else:
             valid.append(row)
+    return valid, invalid
 
-    n = len(rows)
+
+def novelty_gates(
+    instructions: Sequence[str], seed_instructions: Sequence[str], config: ValidationConfig
+) -> list[Gate]:
+    """Too close to the seed means copying: mean of each record's max ROUGE-L F to any seed instruction,
+    and corpus BLEU of the instructions against their nearest (by ROUGE-L) seed instruction."""
+    enc = TokenEncoder()
+    f = f_matrix([enc.encode(s) for s in instructions], [enc.encode(s) for s in seed_instructions])
+    nearest = f.argmax(axis=1)
+    bleu = corpus_bleu(instructions, [seed_instructions[i] for i in nearest])
+    return [
+        _gate("seed_rouge_l_mean", f.max(axis=1).mean(), config.max_seed_rouge_l, at_most=True,
+              signature=ROUGE_SIGNATURE),
+        _gate("seed_bleu", bleu.value, config.max_seed_bleu, at_most=True, signature=bleu.signature),
+    ]
+
+
+def diversity_gates(instructions: Sequence[str], config: ValidationConfig) -> list[Gate]:
+    """A set that repeats itself: self-BLEU and mean pairwise ROUGE-L F on one seeded sample."""
+    sample = list(instructions)
+    if len(sample) > config.self_bleu_sample:
+        sample = random.Random(config.seed).sample(sample, config.self_bleu_sample)
+    sb = self_bleu(sample, sample_size=len(sample), seed=config.seed)
+    enc = TokenEncoder()
+    encoded = [enc.encode(s) for s in sample]
+    pair = f_matrix(encoded, encoded)
+    mean_pair = pair[~np.eye(len(sample), dtype=bool)].mean()
+    return [
+        _gate("self_bleu", sb.value, config.max_self_bleu, at_most=True, signature=sb.signature),
+        _gate("pairwise_rouge_l_mean", mean_pair, config.max_pairwise_rouge_l, at_most=True,
+              signature=f"{ROUGE_SIGNATURE}|sample:{len(sample)}|seed:{config.seed}"),
+    ]
+
+
+def validate(
+    rows: Sequence[Any],
+    seed_instructions: Sequence[str],
+    config: ValidationConfig,
+    *,
+    unreadable: Counter | None = None,
+) -> ValidationReport:
+    """The gate. rows are parsed records of any shape; unreadable counts lines that did not even parse.
+    Seed gates need seed instructions and diversity gates two valid records; absent, they are not reported."""
+    valid, invalid = check_records(rows, config)
+    invalid.update(unreadable or {})
+    n = len(rows) + sum((unreadable or {}).values())
+    checks = record_checks_signature(config)
     gates = [
-        Gate("valid_records", len(valid), config.min_valid_records, len(valid) >= config.min_valid_records),
-        Gate(
-            "valid_share",
-            len(valid) / n if n else 0.0,
-            config.min_valid_share,
-            n > 0 and len(valid) / n >= config.min_valid_share,
-        ),
+        _gate("valid_records", len(valid), config.min_valid_records, at_most=False, signature=checks),
+        _gate("valid_share", len(valid) / n if n else 0.0, config.min_valid_share, at_most=False, signature=checks),
     ]
     instructions = [r["instruction"] for r in valid]
     if instructions and seed_instructions:
-        enc = TokenEncoder()
-        f = f_matrix([enc.encode(s) for s in instructions], [enc.encode(s) for s in seed_instructions])
-        nearest = f.argmax(axis=1)
-        seed_rouge = float(f.max(axis=1).mean())
-        gates.append(
-            Gate(
-                "seed_rouge_l_mean",
-                seed_rouge,
-                config.max_seed_rouge_l,
-                seed_rouge <= config.max_seed_rouge_l,
-                ROUGE_SIGNATURE,
-            )
-        )
-        bleu = corpus_bleu(instructions, [seed_instructions[i] for i in nearest])
-        gates.append(
-            Gate("seed_bleu", bleu.value, config.max_seed_bleu, bleu.value <= config.max_seed_bleu, bleu.signature)
-        )
+        gates += novelty_gates(instructions, seed_instructions, config)
     if len(instructions) >= 2:
-        sb = self_bleu(instructions, sample_size=config.self_bleu_sample, seed=config.seed)
-        gates.append(Gate("self_bleu", sb.value, config.max_self_bleu, sb.value <= config.max_self_bleu, sb.signature))
-        sample = instructions
-        if len(sample) > config.self_bleu_sample:
-            rng = np.random.default_rng(config.seed)
-            sample = [sample[i] for i in rng.choice(len(sample), config.self_bleu_sample, replace=False)]
-        enc = TokenEncoder()
-        encoded = [enc.encode(s) for s in sample]
-        pair = f_matrix(encoded, encoded)
-        mean_pair = float(pair[~np.eye(len(sample), dtype=bool)].mean())
-        gates.append(
-            Gate(
-                "pairwise_rouge_l_mean",
-                mean_pair,
-                config.max_pairwise_rouge_l,
-                mean_pair <= config.max_pairwise_rouge_l,
-                ROUGE_SIGNATURE + f"|sample:{len(sample)}",
-            )
-        )
+        gates += diversity_gates(instructions, config)
     verdict = READY if all(g.passed for g in gates) else DELETED
     return ValidationReport(verdict, n, len(valid), dict(invalid), gates, valid)

@@ -16,12 +16,16 @@ import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import rapidfuzz
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
-SIGNATURE = "rouge_l|impl:rapidfuzz-lcs|tokenizer:rouge_score-default|stemmer:no"
+SIGNATURE = (
+    "rouge_l|definition:rouge_score-0.1.2|tokenizer:rouge_score-default|stemmer:no"
+    f"|impl:rapidfuzz-{rapidfuzz.__version__}"
+)
 
 
 class RougeLScore(NamedTuple):
