@@ -132,6 +132,42 @@ def cmd_validate(args) -> int:
     return 0 if report.verdict == READY else EXIT_DELETED
 
 
+def cmd_tune(args) -> int:
+    """The LoRA search on a local JSONL file, without Dagster; re-running the same command continues it."""
+    from frd_assets.core.lora.search import SearchSettings, run_search, study_name_for
+    from frd_assets.core.lora.trial import TrainingConfig
+    from frd_assets.core.records import Record, loads_jsonl
+    from frd_assets.defs.resources import LoraResource
+
+    data, out = Path(args.data), Path(args.out)
+    try:
+        rows = loads_jsonl(data.read_bytes(), str(data))
+        records = [Record.from_dict({"id": f"line-{i}", **row}) for i, row in enumerate(rows, start=1)]
+        training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
+        settings = SearchSettings(pruner=args.pruner)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    defaults = LoraResource.from_env()
+    base_model = args.base_model or defaults.base_model
+    study = args.study or study_name_for(data.stem, base_model)
+    result = run_search(
+        records,
+        base_model=base_model,
+        n_trials=args.trials or defaults.n_trials,
+        storage_url=args.storage or defaults.storage_url(),
+        study_name=study,
+        work_dir=Path(args.work_dir) if args.work_dir else defaults.trials_dir() / study,
+        out_dir=out,
+        training=training,
+        settings=settings,
+    )
+    print(f"best hyperparameters: {result.best_params}")
+    print(f"eval loss: {result.best_eval_loss:.4f} (base model {result.base_eval_loss:.4f})")
+    print(f"adapter: {out}")
+    return 0
+
+
 def _step_seconds(instance, run_id: str) -> dict[str, float]:
     from dagster import DagsterEventType
 
@@ -247,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     val.add_argument("--config", help="JSON object of thresholds, e.g. '{\"max_self_bleu\": 50}'")
     val.set_defaults(func=cmd_validate)
+
+    tune = sub.add_parser("tune", help="Optuna LoRA search on a JSONL file; re-run the same command to continue it")
+    tune.add_argument("data", help="records with instruction, input, output (JSONL)")
+    tune.add_argument("--base-model", help="model name or folder (default LORA_MODEL_NAME or the default model)")
+    tune.add_argument("--trials", type=int, help="finished trials the study should hold (default LORA_N_TRIALS)")
+    tune.add_argument("--storage", help="Optuna storage URL (default OPTUNA_STORAGE or an SQLite file in .cache)")
+    tune.add_argument("--study", help="study name (default from the data file name and base model)")
+    tune.add_argument("--out", required=True, help="folder for the best adapter")
+    tune.add_argument("--work-dir", help="folder for every trial's adapter (default in the cache)")
+    tune.add_argument("--epochs", type=int, default=2)
+    tune.add_argument("--batch-size", type=int, default=4)
+    tune.add_argument("--max-length", type=int, default=256)
+    tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    tune.set_defaults(func=cmd_tune)
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")

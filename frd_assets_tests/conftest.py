@@ -76,3 +76,15 @@ def dagster_instance(tmp_path):
 @pytest.fixture
 def sample_seed_bytes() -> bytes:
     return (REPO / "frd_assets" / "data" / "sample_seed.jsonl").read_bytes()
+
+
+@pytest.fixture
+def postgres_db():
+    """A scratch database on the machine's PostgreSQL (127.0.0.1:5432, trust auth), dropped afterwards."""
+    import psycopg
+
+    name = f"frd_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+        yield name
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -95,6 +95,18 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     assert not torch.allclose(before, after)
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == adapter["best_params"]["rank"]
 
+    # A re-launched lora_adapter continues the same study: two more trials, the first two untouched.
+    first_trials = json.loads(store.get_bytes(ADAPTERS_BUCKET, f"{dataset_id}/trials.json"))
+    again = materialize(ASSETS, partition_key=dataset_id, instance=dagster_instance,
+                        resources=build_resources(chain_env), selection=["lora_adapter"],
+                        run_config={"ops": {"lora_adapter": {"config": {"n_trials": 4, "batch_size": 2}}}})
+    assert again.success
+    trials = json.loads(store.get_bytes(ADAPTERS_BUCKET, f"{dataset_id}/trials.json"))
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert [(t["params"], t["eval_loss"]) for t in trials[:2]] == [(t["params"], t["eval_loss"]) for t in first_trials]
+    checks = [e for e in again.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert [e.event_specific_data.check_name for e in checks] == ["beats_base_model"]
+
     # Secrets never reach run config or metadata.
     run = dagster_instance.get_run_by_id(result.run_id)
     dumped = json.dumps(run.run_config) + json.dumps(

@@ -101,3 +101,14 @@ def test_default_model_is_prepared_once_and_generates():
         [instance_prompt("Name the capital of France.")], SamplingParams(max_new_tokens=24, temperature=0)
     )
     assert completion.text.startswith("Input:") and len(completion.text.split()) > 2
+
+
+def test_seed_upload_to_s3_reads_the_minio_settings(s3_server, tmp_path, sample_seed_bytes):
+    from frd_assets.core.store import S3Store
+
+    seed = tmp_path / "seed.json"
+    seed.write_text("[" + sample_seed_bytes.decode().strip().replace("\n", ",\n") + "]")
+    out = frd("seed", "upload", str(seed), env=s3_server.env())
+    assert out.returncode == 0, out.stderr
+    store = S3Store.connect(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    assert store.get_bytes("seeds", f"{out.stdout.strip()}.json") == seed.read_bytes()

@@ -2,7 +2,6 @@
 
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,30 @@ def code_env_reads() -> set[str]:
     return names
 
 
-def test_compose_has_the_first_services(compose):
-    assert {"minio", "postgres", "code-server", "dagster-webserver", "dagster-daemon"} <= set(compose["services"])
+def test_compose_has_every_service(compose):
+    assert set(compose["services"]) == {"minio", "postgres", "redis", "code-server", "dagster-webserver",
+                                        "dagster-daemon", "cpu-worker", "gpu-worker"}
+
+
+def test_workers_consume_the_queues_the_launcher_sends_to(compose):
+    instance = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    queues = {name: spec["config"]["queue"] for name, spec in instance["run_launcher"]["config"]["queues"].items()}
+    assert queues == {"cpu": "cpu_queue", "gpu": "gpu_queue"}
+    for name, queue in (("cpu-worker", "cpu_queue"), ("gpu-worker", "gpu_queue")):
+        cmd = compose["services"][name]["command"]
+        assert cmd[:3] == ["celery", "-A", "frd_assets.celery_app"] and cmd[cmd.index("-Q") + 1] == queue
+        __import__(cmd[2])
+        env = compose["services"][name]["environment"]
+        assert {"REDIS_HOST", "REDIS_PORT", "MINIO_ENDPOINT"} <= set(env)
+    gpu = compose["services"]["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert "deploy" not in compose["services"]["cpu-worker"]
 
 
 def test_services_run_commands_the_image_has(compose):
     dockerfile = (REPO / "Dockerfile").read_text()
     assert compose["services"]["code-server"]["build"] == "."
-    for name in ("code-server", "dagster-webserver", "dagster-daemon"):
+    for name in ("code-server", "dagster-webserver", "dagster-daemon", "cpu-worker", "gpu-worker"):
         cmd = compose["services"][name]["command"]
         assert shutil.which(cmd[0], path=str(REPO / ".venv" / "bin")), f"{name}: {cmd[0]} is not installed"
         if "-m" in cmd:
@@ -60,12 +75,13 @@ def test_code_server_environment_matches_what_the_code_reads(compose):
         assert name in reads, f"the code no longer reads {name}"
         assert name in env, f"code-server lacks {name}"
     unknown = {k for k in env if not k.startswith("DAGSTER_PG_")} - reads
+    assert {"REDIS_HOST", "REDIS_PORT"} <= reads
     assert not unknown, f"compose sets variables the code never reads: {unknown}"
 
 
 def test_instance_config_variables_are_set_for_every_dagster_service(compose):
     needed = set(re.findall(r"env: (\w+)", (REPO / "deploy" / "dagster.yaml").read_text()))
-    for name in ("code-server", "dagster-webserver", "dagster-daemon"):
+    for name in ("code-server", "dagster-webserver", "dagster-daemon", "cpu-worker", "gpu-worker"):
         assert needed <= set(compose["services"][name]["environment"]), name
 
 
@@ -79,18 +95,6 @@ def test_every_compose_variable_is_in_the_example_env_file():
     }
     assert used <= example, used - example
     assert ".env" in (REPO / ".gitignore").read_text().splitlines()
-
-
-@pytest.fixture
-def postgres_db():
-    """A scratch database on the machine's PostgreSQL (127.0.0.1:5432, trust auth)."""
-    import psycopg
-
-    name = f"frd_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-        yield name
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_deployment_instance_config_runs_on_postgres(postgres_db, tmp_path, monkeypatch):

@@ -17,8 +17,7 @@ from dagster import (
 
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import GenerationConfig, generate
-from frd_assets.core.lora.search import SearchSpace, run_search, study_name_for
-from frd_assets.core.lora.trial import TrainingConfig
+from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
 from frd_assets.core.store import (
     DATASETS_BUCKET,
@@ -39,6 +38,7 @@ from frd_assets.defs.resources import LoraResource, StoreResource, TeacherResour
 CPU = {"frd/queue": "cpu"}
 GPU = {"frd/queue": "gpu"}
 READY_CHECK = "ready_for_fine_tuning"
+BEATS_BASE_CHECK = "beats_base_model"
 
 
 def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
@@ -185,14 +185,26 @@ def validated_dataset(
     )
 
 
-@asset(partitions_def=dataset_partitions, op_tags=GPU, group_name="frd", kinds={"pytorch"})
+@asset(
+    partitions_def=dataset_partitions,
+    op_tags=GPU,
+    group_name="frd",
+    kinds={"pytorch"},
+    check_specs=[
+        AssetCheckSpec(
+            BEATS_BASE_CHECK,
+            asset="lora_adapter",
+            description="The adapter's held-out eval loss is below the base model's (a warning otherwise).",
+        )
+    ],
+)
 def lora_adapter(
     context: AssetExecutionContext,
     config: LoraRunConfig,
     lora: LoraResource,
     store: StoreResource,
     validated_dataset: list[dict],
-) -> Output[AdapterFolder]:
+):
     """peft LoRA tuned by an Optuna TPE search over rank, lora_alpha and learning rate; the best adapter."""
     uuid = context.partition_key
     s = store.get_store()
@@ -206,46 +218,25 @@ def lora_adapter(
             "no adapter is built from a rejected dataset"
         )
     base_model = config.base_model or lora.base_model
-    n_trials = config.n_trials or lora.n_trials
-    training = TrainingConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        eval_fraction=config.eval_fraction,
-        evals_per_trial=config.evals_per_trial,
-        lora_dropout=config.lora_dropout,
-        target_modules=tuple(config.target_modules) if config.target_modules else None,
-        seed=config.seed,
-    )
-    space = SearchSpace(
-        config.rank_min, config.rank_max, config.alpha_min, config.alpha_max, config.lr_min, config.lr_max
-    )
     study = study_name_for(uuid, base_model)
     work_dir = lora.trials_dir() / study
+    # The study lives in RDB storage under a name made from the UUID and base model: a retried or
+    # re-launched materialization continues it instead of starting over.
     result = run_search(
         rows_to_records(validated_dataset),
         base_model=base_model,
-        n_trials=n_trials,
+        n_trials=config.n_trials or lora.n_trials,
         storage_url=lora.storage_url(),
         study_name=study,
         work_dir=work_dir,
         out_dir=work_dir / "best",
-        training=training,
-        space=space,
+        training=config.training(),
+        space=config.space(),
+        settings=config.settings(),
         print_fn=context.log.info,
     )
-    table = [
-        "| trial | state | rank | lora_alpha | learning_rate | eval loss |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for t in result.trials:
-        p = t["params"]
-        loss = f"{t['eval_loss']:.4f}" if t["eval_loss"] is not None else "-"
-        table.append(
-            f"| {t['number']} | {t['state']} | {p.get('rank', '')} | {p.get('lora_alpha', '')} | "
-            f"{p.get('learning_rate', 0):.2e} | {loss} |"
-        )
-    return Output(
+    improvement = result.base_eval_loss - result.best_eval_loss
+    yield Output(
         AdapterFolder(result.adapter_dir),
         metadata={
             "base_model": base_model,
@@ -253,9 +244,16 @@ def lora_adapter(
             "best_params": MetadataValue.json(result.best_params),
             "best_eval_loss": result.best_eval_loss,
             "base_eval_loss": result.base_eval_loss,
-            "eval_loss_improvement": result.base_eval_loss - result.best_eval_loss,
-            "trials": MetadataValue.md("\n".join(table)),
+            "eval_loss_improvement": improvement,
+            "trials": MetadataValue.md(history_markdown(result.trials)),
+            "n_trials": len(result.trials),
             "train_records": result.train_records,
             "eval_records": result.eval_records,
         },
+    )
+    yield AssetCheckResult(
+        check_name=BEATS_BASE_CHECK,
+        passed=improvement > 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"best_eval_loss": result.best_eval_loss, "base_eval_loss": result.base_eval_loss},
     )

@@ -6,6 +6,9 @@ from typing import Optional
 
 from dagster import Config
 
+from frd_assets.core.lora.search import SearchSettings, SearchSpace
+from frd_assets.core.lora.trial import TrainingConfig
+
 
 class GenerationRunConfig(Config):
     num_instructions: int = 20
@@ -54,4 +57,24 @@ class LoraRunConfig(Config):
     alpha_max: int = 128
     lr_min: float = 1e-5
     lr_max: float = 5e-3
+    pruner: str = "median"
+    n_startup_trials: Optional[int] = None
     seed: int = 0
+
+    def training(self) -> TrainingConfig:
+        return TrainingConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            eval_fraction=self.eval_fraction,
+            evals_per_trial=self.evals_per_trial,
+            lora_dropout=self.lora_dropout,
+            target_modules=tuple(self.target_modules) if self.target_modules else None,
+            seed=self.seed,
+        )
+
+    def space(self) -> SearchSpace:
+        return SearchSpace(self.rank_min, self.rank_max, self.alpha_min, self.alpha_max, self.lr_min, self.lr_max)
+
+    def settings(self) -> SearchSettings:
+        return SearchSettings(pruner=self.pruner, n_startup_trials=self.n_startup_trials, seed=self.seed)

@@ -12,6 +12,11 @@ from frd_assets.core.models import DEFAULT_MODEL, model_cache_dir
 from frd_assets.core.store import LocalStore, S3Store, Store, StoreError, default_local_root
 
 
+def resolved(value):
+    """A field's value: Dagster resolves EnvVar fields at run time; outside a run (the CLI) we do it here."""
+    return value.get_value() if isinstance(value, EnvVar) else value
+
+
 class StoreResource(ConfigurableResource):
     """S3 (MinIO or any S3 endpoint) when endpoint is set, else a local folder per bucket."""
 
@@ -37,7 +42,9 @@ class StoreResource(ConfigurableResource):
 
     def get_store(self) -> Store:
         if self.endpoint:
-            return S3Store.connect(self.endpoint, self.access_key or "", self.secret_key or "")
+            return S3Store.connect(
+                resolved(self.endpoint), resolved(self.access_key) or "", resolved(self.secret_key) or ""
+            )
         return LocalStore(self.local_root or default_local_root())
 
 
@@ -67,8 +74,15 @@ class TeacherResource(ConfigurableResource):
     def build(self):
         from frd_assets.core.generation.teachers import make_teacher
 
-        return make_teacher(backend=self.backend, model=self.model, base_url=self.base_url, api_key=self.api_key,
-                            batch_size=self.batch_size, max_concurrency=self.max_concurrency, timeout=self.timeout)
+        return make_teacher(
+            backend=self.backend,
+            model=self.model,
+            base_url=self.base_url,
+            api_key=resolved(self.api_key),
+            batch_size=self.batch_size,
+            max_concurrency=self.max_concurrency,
+            timeout=self.timeout,
+        )
 
 
 class LoraResource(ConfigurableResource):
@@ -79,9 +93,20 @@ class LoraResource(ConfigurableResource):
     optuna_storage: str = ""  # an SQLAlchemy URL; empty means an SQLite file in the cache folder
     work_dir: str = ""  # trial adapters; empty means the cache folder
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "LoraResource":
+        env = os.environ if env is None else env
+        return cls(
+            base_model=env.get("LORA_MODEL_NAME") or DEFAULT_MODEL,
+            n_trials=int(env.get("LORA_N_TRIALS") or 3),
+            # The URL may hold a database password: pass it by reference when it is set.
+            optuna_storage=EnvVar("OPTUNA_STORAGE") if env.get("OPTUNA_STORAGE") else "",
+            work_dir=env.get("FRD_TRIALS_DIR", ""),
+        )
+
     def storage_url(self) -> str:
         if self.optuna_storage:
-            return self.optuna_storage
+            return resolved(self.optuna_storage)
         path = model_cache_dir().parent / "optuna.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
@@ -99,11 +124,5 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         "store": store,
         "io_manager": StoreIOManager(store=store),
         "teacher": TeacherResource.from_env(env),
-        "lora": LoraResource(
-            base_model=env.get("LORA_MODEL_NAME") or DEFAULT_MODEL,
-            n_trials=int(env.get("LORA_N_TRIALS") or 3),
-            # The URL may hold a database password: pass it by reference when it is set.
-            optuna_storage=EnvVar("OPTUNA_STORAGE") if env.get("OPTUNA_STORAGE") else "",
-            work_dir=env.get("FRD_TRIALS_DIR", ""),
-        ),
+        "lora": LoraResource.from_env(env),
     }

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from frd_assets.core.lora.data import split_records, tokenize_record
 from frd_assets.core.lora.trial import LoraHyperparams, Pruned, TrainingConfig, evaluate_loss, run_trial
@@ -43,6 +43,44 @@ class SearchSpace:
         )
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the study searches: sampler warm-up, pruning, and how a dead worker's trial is recovered."""
+
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_startup_trials: int = 2  # trials that finish unpruned before the median pruner judges others
+    n_startup_trials: int | None = None  # TPE's random warm-up; None: n_trials // 3, between 1 and 10
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
+    grace_period: int = 30  # a RUNNING trial silent this long is failed (its process died) and retried once
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise ValueError(f"search settings: pruner must be median, hyperband or none, got {self.pruner!r}")
+        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"search settings: need heartbeat_interval >= 1 and grace_period > heartbeat_interval, "
+                f"got {self.heartbeat_interval}, {self.grace_period}"
+            )
+
+    def make_pruner(self):
+        import optuna
+
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup_trials, n_warmup_steps=0)
+        if self.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.NopPruner()
+
+    def make_sampler(self, n_trials: int):
+        import optuna
+
+        # TPE samples at random for n_startup_trials (10 by default): scale it down so a short search is
+        # still Bayesian after its first few trials.
+        startup = self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, n_trials // 3))
+        return optuna.samplers.TPESampler(multivariate=True, seed=self.seed, n_startup_trials=startup)
+
+
 @dataclass
 class SearchResult:
     study_name: str
@@ -65,14 +103,14 @@ def study_name_for(dataset_id: str, base_model: str) -> str:
     return f"frd-{dataset_id}-{re.sub(r'[^A-Za-z0-9._-]+', '_', base_model.rstrip('/').split('/')[-1])}"
 
 
-def _storage(url: str):
+def _storage(url: str, settings: SearchSettings):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     # Heartbeats mark a trial whose process died as failed; the callback queues it again once.
     return RDBStorage(
         url,
-        heartbeat_interval=30,
-        grace_period=90,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         engine_kwargs={"pool_pre_ping": True},
     )
@@ -89,6 +127,7 @@ def run_search(
     out_dir: Path,
     training: TrainingConfig | None = None,
     space: SearchSpace | None = None,
+    settings: SearchSettings | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> SearchResult:
     """Runs (or continues) the study until it holds n_trials finished trials; writes the best adapter to out_dir."""
@@ -99,6 +138,7 @@ def run_search(
 
     training = training or TrainingConfig()
     space = space or SearchSpace()
+    settings = settings or SearchSettings(seed=training.seed)
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,16 +153,11 @@ def run_search(
     base_eval_loss = evaluate_loss(model, evals, batch_size=training.batch_size, pad_id=pad_id)
     print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
 
-    # TPE samples at random for n_startup_trials; scale it down so a short search is still Bayesian.
-    sampler = optuna.samplers.TPESampler(
-        multivariate=True, seed=training.seed, n_startup_trials=max(1, min(10, n_trials // 3))
-    )
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     study = optuna.create_study(
         study_name=study_name,
-        storage=_storage(storage_url),
-        sampler=sampler,
-        pruner=pruner,
+        storage=_storage(storage_url, settings),
+        sampler=settings.make_sampler(n_trials),
+        pruner=settings.make_pruner(),
         direction="minimize",
         load_if_exists=True,
     )
@@ -174,17 +209,7 @@ def run_search(
             f"best trial {best.number} of study {study_name} has no saved adapter at {best_dir}; "
             "it ran on another machine or its work folder was removed"
         )
-    trials = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "params": t.params,
-            "eval_loss": t.value,
-            "seconds": t.user_attrs.get("seconds"),
-            "tokens_per_second": t.user_attrs.get("tokens_per_second"),
-        }
-        for t in study.get_trials(deepcopy=False)
-    ]
+    trials = trial_table(study)
     result = SearchResult(
         study_name=study_name,
         base_model=base_model,
@@ -198,6 +223,45 @@ def run_search(
     )
     _write_adapter(best_dir, out_dir, result)
     return result
+
+
+def trial_table(study) -> list[dict]:
+    """Every trial in order with the best complete eval loss so far: the optimization history."""
+    import optuna
+
+    rows, best = [], None
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.COMPLETE and (best is None or t.value < best):
+            best = t.value
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": t.params,
+                "eval_loss": t.value,
+                "best_so_far": best,
+                "steps": t.user_attrs.get("steps"),
+                "seconds": t.user_attrs.get("seconds"),
+                "tokens_per_second": t.user_attrs.get("tokens_per_second"),
+            }
+        )
+    return rows
+
+
+def history_markdown(trials: list[dict]) -> str:
+    lines = [
+        "| trial | state | rank | lora_alpha | learning_rate | eval loss | best so far | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+    for t in trials:
+        p = t["params"]
+        lines.append(
+            f"| {t['number']} | {t['state']} | {p.get('rank', '-')} | {p.get('lora_alpha', '-')} | "
+            f"{fmt(p.get('learning_rate'), '.2e')} | {fmt(t['eval_loss'], '.4f')} | {fmt(t['best_so_far'], '.4f')} | "
+            f"{fmt(t.get('seconds'), '.1f')} |"
+        )
+    return "\n".join(lines)
 
 
 def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:

@@ -137,6 +137,7 @@ def run_trial(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                result.steps = step
                 result.train_tokens += int(batch["attention_mask"].sum())
                 if step % eval_every == 0 and step < total_steps:
                     ev = evaluate_loss(model, evals, batch_size=config.batch_size, pad_id=pad_id)
@@ -144,7 +145,6 @@ def run_trial(
                     print_fn(f"  step {step}/{total_steps}: train loss {loss.item():.4f}, eval loss {ev:.4f}")
                     if report:
                         report(step, ev)
-        result.steps = step
         result.seconds = time.perf_counter() - t0
         result.eval_loss = evaluate_loss(model, evals, batch_size=config.batch_size, pad_id=pad_id)
         result.eval_history.append((step, result.eval_loss))

@@ -1,0 +1,40 @@
+"""The Celery app of the queue workers: dagster-celery's run tasks on Redis at REDIS_HOST:REDIS_PORT.
+
+Start a worker for one queue, as `docker-compose up -d cpu-worker` does:
+    celery -A frd_assets.celery_app worker -Q cpu_queue --pool solo --prefetch-multiplier=1
+The run launcher (frd_assets.launchers.CeleryQueueRunLauncher) builds the same app from the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from dagster_celery.config import DEFAULT_CONFIG
+from dagster_celery.make_app import make_app
+from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
+
+QUEUES = {"cpu": "cpu_queue", "gpu": "gpu_queue"}
+
+
+def broker_url(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    host, port, db = env.get("REDIS_HOST", "localhost"), env.get("REDIS_PORT", "6379"), env.get("REDIS_DB", "0")
+    return f"redis://{host}:{port}/{db}"
+
+
+def app_args(default_queue: str, broker: str | None = None) -> dict:
+    url = broker or broker_url()
+    # Results on Redis too: the launcher's health checks read task states from the backend.
+    return {
+        "broker": url,
+        "backend": url,
+        "include": [],
+        "config_source": dict(DEFAULT_CONFIG),
+        "task_default_queue": default_queue,
+    }
+
+
+app = make_app(app_args=app_args(QUEUES["cpu"]))
+execute_job = create_execute_job_task(app)
+resume_job = create_resume_job_task(app)
