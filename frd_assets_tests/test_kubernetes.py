@@ -1,7 +1,6 @@
 """The Job manifests dagster-k8s builds for our runs, from deploy/helm/values.yaml, without a cluster:
 everything runs for real up to the Kubernetes API call, whose body we keep instead of sending."""
 
-import shutil
 import uuid
 from pathlib import Path
 
