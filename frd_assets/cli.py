@@ -77,9 +77,14 @@ def cmd_generate(args) -> int:
     seed_path, out = Path(args.seed), Path(args.out)
     try:
         seeds = parse_seed(seed_path.read_bytes(), str(seed_path))
-        config = GenerationConfig(num_instructions=args.num, prompts_per_round=args.prompts_per_round,
-                                  max_rounds=args.max_rounds, checkpoint_every=args.checkpoint_every,
-                                  temperature=args.temperature, seed=args.seed_value)
+        config = GenerationConfig(
+            num_instructions=args.num,
+            prompts_per_round=args.prompts_per_round,
+            max_rounds=args.max_rounds,
+            checkpoint_every=args.checkpoint_every,
+            temperature=args.temperature,
+            seed=args.seed_value,
+        )
     except (SeedFormatError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -168,6 +173,48 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_launch(args) -> int:
+    from frd_assets.client import FrdClient, FrdClientError
+    from frd_assets.defs.partitions import is_dataset_uuid
+
+    if not is_dataset_uuid(args.uuid):
+        print(f"error: {args.uuid!r} is not a lowercase dataset UUID", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    assets = [a.strip() for a in args.assets.split(",")] if args.assets else None
+    try:
+        print(FrdClient(args.host, args.port).launch(args.uuid, assets=assets, base_model=args.base_model))
+    except FrdClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def cmd_status(args) -> int:
+    import datetime
+
+    from frd_assets.client import FrdClient, FrdClientError
+
+    try:
+        statuses = FrdClient(args.host, args.port).status(args.uuid)
+    except FrdClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"dataset {args.uuid}")
+    for s in statuses:
+        when = (
+            datetime.datetime.fromtimestamp(s.materialized_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            if s.materialized_at
+            else "never"
+        )
+        extra = ""
+        if s.asset == "validated_dataset" and "verdict" in s.metadata:
+            extra = f"  verdict {s.metadata['verdict']}"
+        if s.asset == "lora_adapter" and "best_eval_loss" in s.metadata:
+            extra = f"  eval loss {s.metadata['best_eval_loss']:.4f}  {s.metadata.get('uri', '')}"
+        print(f"  {s.asset:<18} materialized {when:<19}  last run {s.run_status or '-':<9} {s.run_id or ''}{extra}")
+    return 0
+
+
 def _step_seconds(instance, run_id: str) -> dict[str, float]:
     from dagster import DagsterEventType
 
@@ -210,7 +257,7 @@ def cmd_demo(args) -> int:
         "ops": {
             "generated_dataset": {"config": {"num_instructions": args.instructions}},
             "lora_adapter": {"config": {"n_trials": args.trials}},
-        }
+        },
     }
     t0 = time.perf_counter()
     result = materialize(
@@ -297,6 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-length", type=int, default=256)
     tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     tune.set_defaults(func=cmd_tune)
+
+    for name, helptext in (
+        ("launch", "launch a materialization over the webserver's GraphQL API; prints the run id"),
+        ("status", "per asset: latest materialization, run status, verdict (GraphQL)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("uuid", help="dataset UUID")
+        p.add_argument("--host", default=os.environ.get("DAGSTER_WEBSERVER_HOST", "127.0.0.1"))
+        p.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_WEBSERVER_PORT") or 3000))
+        if name == "launch":
+            p.add_argument("--assets", help="comma-separated assets (default: all four)")
+            p.add_argument("--base-model", help="base model of lora_adapter for this run")
+        p.set_defaults(func=cmd_launch if name == "launch" else cmd_status)
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")

@@ -1,5 +1,6 @@
-"""Queue routing over real runs: launched through GraphQL (as the UI does) and by the seed sensor's job,
-on an instance configured with the project's coordinator and launcher (the embedded dagster.yaml)."""
+"""Queue routing over real runs launched through GraphQL (as the UI and `frd launch` do) and of the jobs
+the sensors request, on an instance configured with the project's coordinator and launcher (the embedded
+dagster.yaml). test_service.py covers runs the daemon's sensors create."""
 
 import shutil
 import time
@@ -67,7 +68,9 @@ def test_the_embedded_instance_uses_the_project_coordinator_and_launcher(instanc
     (["seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter"], "__ASSET_JOB", "gpu"),
     (["seed_dataset", "generated_dataset", "validated_dataset"], "__ASSET_JOB", "cpu"),
     (["validated_dataset"], "__ASSET_JOB", "cpu"),
-    (None, "seed_to_adapter", "gpu"),  # the job the seed sensor requests
+    (None, "prepare_dataset", "cpu"),  # what the seed sensor launches
+    (None, "train_adapter", "gpu"),  # what the verdict sensor launches
+    (None, "seed_to_adapter", "gpu"),  # the whole chain in one run
 ])
 def test_runs_are_tagged_with_their_queue_at_submission(graphql, instance, assets, job, queue):
     run = launch(graphql, instance, assets, job)

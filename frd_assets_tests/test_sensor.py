@@ -71,7 +71,14 @@ def test_new_seeds_become_partitions_and_runs_once(dagster_instance, store_resou
     seeds.put_bytes(SEEDS_BUCKET, f"{late}.json", b"[" + SEED.strip() + b"]")
     third = tick(dagster_instance, store_resource, again.cursor)
     assert [r.partition_key for r in third.run_requests] == [late]
-    assert json.loads(third.cursor)["key"] == f"{late}.json"
+    assert json.loads(third.cursor)["keys_at"] == [f"{late}.json"]
+
+    # Rewriting a seed (a new version) triggers its partition again; untouched ones stay quiet.
+    time.sleep(1.1)
+    seeds.put_bytes(SEEDS_BUCKET, f"{ids[0]}.jsonl", SEED + SEED.replace(b"fruit", b"vegetable"))
+    fourth = tick(dagster_instance, store_resource, third.cursor)
+    assert [r.partition_key for r in fourth.run_requests] == [ids[0]]
+    assert fourth.run_requests[0].run_key != result.run_requests[0].run_key
 
 
 def test_rewritten_seed_of_a_known_partition_reruns_without_adding_it(dagster_instance, store_resource, seeds):
@@ -86,3 +93,41 @@ def test_rewritten_seed_of_a_known_partition_reruns_without_adding_it(dagster_in
 def test_an_empty_bucket_skips(dagster_instance, store_resource, seeds):
     result = tick(dagster_instance, store_resource)
     assert not result.run_requests and result.skip_reason is not None
+
+
+def test_a_later_upload_in_the_same_second_with_a_smaller_key_is_not_lost(dagster_instance, tmp_path):
+    """S3 last-modified times have one-second resolution: the cursor keeps the keys seen at its time."""
+    import os
+
+    from frd_assets.core.store import LocalStore
+
+    store = LocalStore(tmp_path)
+    resource = StoreResource(local_root=str(tmp_path))
+    late_key, early_key = "ffffffff-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000000"
+    store.put_bytes(SEEDS_BUCKET, f"{late_key}.jsonl", SEED)
+    os.utime(tmp_path / SEEDS_BUCKET / f"{late_key}.jsonl", (1_800_000_000, 1_800_000_000))
+    first = tick(dagster_instance, resource)
+    assert [r.partition_key for r in first.run_requests] == [late_key]
+    store.put_bytes(SEEDS_BUCKET, f"{early_key}.jsonl", SEED)
+    os.utime(tmp_path / SEEDS_BUCKET / f"{early_key}.jsonl", (1_800_000_000, 1_800_000_000))
+    second = tick(dagster_instance, resource, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [early_key]
+    assert not tick(dagster_instance, resource, second.cursor).run_requests
+
+
+def test_a_thousand_uploads_in_one_tick(dagster_instance, store_resource, seeds):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [str(uuid.uuid4()) for _ in range(1000)]
+    with ThreadPoolExecutor(16) as pool:  # the upload is setup, not what is measured
+        list(pool.map(lambda i: seeds.put_bytes(SEEDS_BUCKET, f"{i}.jsonl", SEED), ids))
+    seeds.put_bytes(SEEDS_BUCKET, "notes/readme.md", b"not a seed")
+    t0 = time.perf_counter()
+    result = tick(dagster_instance, store_resource)
+    seconds = time.perf_counter() - t0
+    print(f"\nseed sensor: 1,000 new uploads in one tick took {seconds:.2f} s")
+    keys = [r.partition_key for r in result.run_requests]
+    assert sorted(keys) == sorted(ids) and len(set(keys)) == 1000
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == sorted(ids)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, ids)
+    assert not tick(dagster_instance, store_resource, result.cursor).run_requests

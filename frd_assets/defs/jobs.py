@@ -1,9 +1,26 @@
-"""The job the sensor launches: the whole chain for one dataset partition."""
+"""Jobs the sensors launch: the CPU part of the chain, then the adapter once the data are READY."""
 
 from dagster import AssetSelection, define_asset_job
 
+CPU_ASSETS = ("seed_dataset", "generated_dataset", "validated_dataset")
+
+# What the seed sensor launches: runs on CPU capacity only (no GPU step in it).
+prepare_dataset_job = define_asset_job(
+    "prepare_dataset",
+    selection=AssetSelection.assets(*CPU_ASSETS),
+    description="Seed to validated dataset for one dataset UUID (CPU queue).",
+)
+
+# What the verdict sensor launches after a READY_FOR_FINE_TUNING verdict (GPU queue).
+train_adapter_job = define_asset_job(
+    "train_adapter",
+    selection=AssetSelection.assets("lora_adapter"),
+    description="The LoRA search for one validated dataset UUID (GPU queue).",
+)
+
+# Everything in one run, for a manual launch; routed to the GPU queue as a whole.
 seed_to_adapter_job = define_asset_job(
     "seed_to_adapter",
-    selection=AssetSelection.assets("seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter"),
-    description="Seed to LoRA adapter for one dataset UUID; the adapter step is skipped when validation fails.",
+    selection=AssetSelection.assets(*CPU_ASSETS, "lora_adapter"),
+    description="Seed to LoRA adapter in one run; the adapter step is skipped when validation fails.",
 )
