@@ -4,7 +4,6 @@ dataset is launched with `frd launch` and read back with `frd status`."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
