@@ -170,3 +170,36 @@ def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["resumed_from"] == 4
     assert checkpoint.load() is None  # cleared once the dataset is written
+
+
+@pytest.mark.parametrize("validation, expect_adapter_run", [({}, True), ({"max_self_bleu": 0.0}, False)])
+def test_the_verdict_sensor_requests_an_adapter_only_for_ready_data(tiny_model_dir, dagster_instance, dataset_id,
+                                                                    sample_seed_bytes, tmp_path, validation,
+                                                                    expect_adapter_run):
+    from dagster import DagsterEventType, build_run_status_sensor_context
+
+    from frd_assets.core.store import LocalStore
+    from frd_assets.defs.resources import StoreResource
+    from frd_assets.defs.sensors import adapter_on_ready_sensor
+
+    env = {"FRD_LOCAL_STORE": str(tmp_path / "store"), "TEACHER_MODEL": str(tiny_model_dir)}
+    LocalStore(env["FRD_LOCAL_STORE"]).put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
+    ops = {"generated_dataset": {"config": GENERATION}, "validated_dataset": {"config": validation}}
+    result = materialize(ASSETS[:3], partition_key=dataset_id, instance=dagster_instance,
+                         resources=build_resources(env), run_config={"ops": ops}, raise_on_error=False)
+    run = dagster_instance.get_run_by_id(result.run_id)
+    [event] = [e.dagster_event for e in dagster_instance.all_logs(result.run_id)
+               if e.dagster_event and e.dagster_event.event_type in (DagsterEventType.RUN_SUCCESS,
+                                                                     DagsterEventType.RUN_FAILURE)]
+    context = build_run_status_sensor_context(
+        sensor_name="adapter_on_ready_sensor", dagster_instance=dagster_instance, dagster_run=run,
+        dagster_event=event, resources={"store": StoreResource(local_root=env["FRD_LOCAL_STORE"])})
+    outcome = adapter_on_ready_sensor(context)
+    if expect_adapter_run:
+        assert result.success
+        assert outcome.partition_key == dataset_id and outcome.run_key.startswith(f"adapter:{dataset_id}:")
+    else:
+        # DELETED: the sensor would not even fire on a failed run, and asked anyway it declines.
+        assert not result.success
+        assert "DELETED" in outcome.skip_message

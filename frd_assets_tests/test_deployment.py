@@ -27,8 +27,17 @@ def code_env_reads() -> set[str]:
 
 
 def test_compose_has_every_service(compose):
-    assert set(compose["services"]) == {"minio", "postgres", "redis", "code-server", "dagster-webserver",
-                                        "dagster-daemon", "cpu-worker", "gpu-worker"}
+    assert set(compose["services"]) == {"minio", "create-buckets", "postgres", "redis", "code-server",
+                                        "dagster-webserver", "dagster-daemon", "cpu-worker", "gpu-worker"}
+
+
+def test_the_buckets_created_at_start_are_the_ones_the_code_uses(compose):
+    from frd_assets.core.store import BUCKETS
+
+    script = " ".join(compose["services"]["create-buckets"]["entrypoint"])
+    assert sorted(re.findall(r"local/([a-z-]+)", script)) == sorted(BUCKETS)
+    assert compose["services"]["code-server"]["depends_on"]["create-buckets"] == {
+        "condition": "service_completed_successfully"}
 
 
 def test_workers_consume_the_queues_the_launcher_sends_to(compose):
