@@ -94,12 +94,15 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
         if uuid not in candidates or info.last_modified > candidates[uuid].last_modified:
             candidates[uuid] = info
     # A seed already turned into seed_dataset after it was written (by `frd demo`, a manual run or an
-    # earlier cursor) is not new work.
-    done = _processed_since(context, list(candidates))
-    new = {u: i for u, i in candidates.items() if done.get(u, -1.0) < i.last_modified and not _in_flight(context, u)}
+    # earlier cursor), or with a run in flight, is not new work. Only known partitions can be either, so a
+    # tick of 1,000 first uploads asks the instance nothing per upload.
+    existing = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
+    known = [u for u in candidates if u in existing]
+    done = _processed_since(context, known)
+    busy = {u for u in known if _in_flight(context, u)}
+    new = {u: i for u, i in candidates.items() if done.get(u, -1.0) < i.last_modified and u not in busy}
     if not new:
         return SensorResult(skip_reason=SkipReason(f"no new seed uploads ({skipped} other keys)"), cursor=next_cursor)
-    existing = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
     to_add = sorted(set(new) - existing)
     context.log.info(f"{len(new)} new seed uploads, {len(to_add)} new partitions")
     return SensorResult(
