@@ -43,9 +43,10 @@ class TransformersTeacher:
     """A local causal LM, loaded once, generating a batch of prompts per forward pass (left padding)."""
 
     def __init__(self, model_name_or_path: str | None = None, *, batch_size: int = 8, device: str | None = None):
-        from frd_assets.core.models import load_causal_lm, load_tokenizer, pick_device, resolve_model
+        from frd_assets.core.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, pick_device
 
-        self.name = model_name_or_path or resolve_model(None)
+        # The alias, not the resolved cache path: names go into provenance and checkpoint fingerprints.
+        self.name = model_name_or_path or DEFAULT_MODEL
         self.batch_size = batch_size
         self.device = device or pick_device()
         self.tokenizer = load_tokenizer(model_name_or_path)
