@@ -6,8 +6,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-SEED_FORMATS = ("self_instruct", "alpaca", "chat")
-
 
 class SeedFormatError(ValueError):
     """A seed upload that cannot be parsed; the message names the object, the line and the fix."""

@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -92,11 +92,6 @@ class SearchResult:
     adapter_dir: Path
     train_records: int
     eval_records: int
-
-    def summary(self) -> dict:
-        d = asdict(self)
-        d["adapter_dir"] = str(self.adapter_dir)
-        return d
 
 
 def study_name_for(dataset_id: str, base_model: str) -> str:
