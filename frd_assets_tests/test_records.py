@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from frd_assets.core.records import Record, SeedFormatError, dumps_jsonl, loads_jsonl, parse_seed
+from frd_assets.core.records import (
+    Record,
+    SeedFormatError,
+    dumps_jsonl,
+    loads_jsonl,
+    loads_strict_json,
+    parse_seed,
+)
 
 SELF_INSTRUCT = {
     "id": "t1",
@@ -106,3 +113,28 @@ def test_jsonl_round_trip_is_utf8_and_lossless():
 def test_sample_seed_parses(sample_seed_bytes):
     records = parse_seed(sample_seed_bytes, "sample_seed.jsonl")
     assert len(records) >= 12
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("NaN", "NaN is not JSON"),
+        ('{"x": Infinity}', "Infinity is not JSON"),
+        ("[-Infinity]", "-Infinity is not JSON"),
+        ("[" * 100_000, "nested too deeply"),
+        ("{'single': 'quotes'}", "Expecting property name"),
+    ],
+)
+def test_strict_json_raises_value_error_for_everything_that_is_not_json(text, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        loads_strict_json(text)
+
+
+def test_strict_json_reads_what_json_reads():
+    text = '{"a": [1, 2.5, -3e-7, 1e400, null, true, "NaN"]}'
+    assert loads_strict_json(text) == json.loads(text)
+
+
+def test_loads_jsonl_names_the_line_nested_too_deeply():
+    with pytest.raises(ValueError, match="^x line 2: invalid JSON: nested too deeply"):
+        loads_jsonl(b'{"a": 1}\n' + b"[" * 100_000, "x")

@@ -112,6 +112,33 @@ def test_config_rejects_out_of_range_thresholds():
         ValidationConfig(max_seed_rouge_l=2)
 
 
+# (field, value, message after "validation config: "): issue 10 found the first three accepted.
+BAD_CONFIG_VALUES = [
+    ("min_valid_records", float("inf"), "min_valid_records must be an integer >= 2, got inf"),
+    ("max_output_chars", -5, "max_output_chars must be >= 1, got -5"),
+    ("seed", "abc", "seed must be an integer in [0, 4294967295], got 'abc'"),
+    ("self_bleu_sample", -1, "self_bleu_sample must be in [2, 10000], got -1"),
+    ("self_bleu_sample", 0, "self_bleu_sample must be in [2, 10000], got 0"),
+    ("self_bleu_sample", 4.0, "self_bleu_sample must be an integer in [2, 10000], got 4.0"),
+    ("min_valid_records", True, "min_valid_records must be an integer >= 2, got True"),
+    ("min_valid_share", float("nan"), "min_valid_share must be a finite number in [0, 1], got nan"),
+    ("max_self_bleu", "60", "max_self_bleu must be a finite number in [0, 100], got '60'"),
+    ("max_seed_bleu", 100.5, "max_seed_bleu must be in [0, 100], got 100.5"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_CONFIG_VALUES)
+def test_config_rejects_wrong_types_and_ranges_naming_config_field_value_and_range(field, value, message):
+    with pytest.raises(ValueError) as err:
+        ValidationConfig(**{field: value})
+    assert str(err.value) == f"validation config: {message}"
+
+
+def test_config_stores_an_int_given_for_a_float_field_as_a_float():
+    config = ValidationConfig(max_seed_bleu=40)
+    assert isinstance(config.max_seed_bleu, float) and config == ValidationConfig(max_seed_bleu=40.0)
+
+
 @pytest.mark.parametrize(
     "gate_name, strict",
     [
@@ -154,3 +181,33 @@ def test_read_records_counts_unparsable_lines_and_never_raises():
     rows, unreadable = read_records(data)
     assert rows == [{"instruction": "a"}, [1, 2], "text"]
     assert unreadable == {"invalid_json": 2, "not_utf8": 1}
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_read_records_counts_a_line_using_nan_or_infinity_as_invalid_json(constant):
+    from frd_assets.core.validation import read_records
+
+    data = b'{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "score": %s}\n' % constant.encode()
+    rows, unreadable = read_records(data)
+    assert rows == [{"instruction": "a", "input": "", "output": "b"}]
+    assert unreadable == {"invalid_json": 1}
+
+
+@pytest.mark.parametrize(
+    "instruction, output, problem",
+    [
+        ("Give the score as JSON.", "NaN", "output_not_valid_json"),
+        ("Give the score as JSON.", "Infinity", "output_not_valid_json"),
+        ("Give the score as JSON.", "-Infinity", "output_not_valid_json"),
+        ("Return the stats.", '{"mean": NaN}', "output_not_valid_json"),
+        ("Return the stats.", "[" * 5000, "output_not_valid_json"),  # too deep for the parser: invalid, no crash
+        ("Give the score as JSON.", "null", None),
+        ("Return the stats.", '{"mean": 1.5e300}', None),
+        ("Name a number that is not a number.", "NaN", None),  # not meant as JSON: plain text
+    ],
+)
+def test_output_meant_as_json_must_be_strict_json(instruction, output, problem):
+    from frd_assets.core.metrics.json_checks import record_problem
+
+    row = {"instruction": instruction, "input": "", "output": output}
+    assert record_problem(row, max_instruction_words=150, max_output_chars=8000) == problem

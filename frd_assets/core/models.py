@@ -1,4 +1,5 @@
-"""The one model loader: resolves names to folders, prepares the default model, loads safetensors only."""
+"""The one model loader: resolves names to checked local folders, prepares the default model, loads
+safetensors only, without remote code."""
 
 from __future__ import annotations
 
@@ -32,17 +33,121 @@ def default_model_dir() -> Path:
     return model_cache_dir() / DEFAULT_MODEL
 
 
+class ModelNotFound(ValueError):
+    """A model name or folder that cannot be loaded; the message names the model and the fix."""
+
+
+# Weights formats that are pickles: loading one can run any code its author put in it.
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+# What a download fetches: configs, tokenizer files and safetensors weights, never pickles.
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+# Seconds to wait for the Hub before calling it unreachable. Left to transformers, a machine without
+# network spends about 50 s retrying before it fails with a long traceback.
+_HUB_TIMEOUT_S = 5.0
+
+
 def resolve_model(name_or_path: str | None) -> str:
-    """Maps the default alias to its prepared folder; anything else goes to from_pretrained as given."""
+    """A local folder with config.json and safetensors weights for the default alias, a folder, or a
+    Hugging Face Hub id (from the local cache, else downloaded if the Hub answers within seconds).
+
+    Checked up front so that a missing or pickle-only model fails in seconds with ModelNotFound
+    naming the model and the fix, rather than deep inside from_pretrained.
+    """
     if not name_or_path or name_or_path == DEFAULT_MODEL:
         folder = default_model_dir()
         if not (folder / "config.json").exists():
-            raise FileNotFoundError(
+            raise ModelNotFound(
                 f"the default model {DEFAULT_MODEL} is not prepared in {folder}; run `frd models prepare` "
                 "(or `make install`), or set LORA_MODEL_NAME to another model name or folder"
             )
-        return str(folder)
-    return name_or_path
+        return str(_checked_folder(folder, DEFAULT_MODEL))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(_checked_folder(path, name_or_path))
+    if not _is_hub_id(name_or_path):
+        raise ModelNotFound(
+            f"model {name_or_path!r}: no such folder, and not a Hugging Face model id (name or org/name); "
+            "give a folder holding config.json and *.safetensors, or a model id"
+        )
+    return str(_checked_folder(_hub_snapshot(name_or_path), name_or_path))
+
+
+def _checked_folder(folder: Path, name: str) -> Path:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelNotFound(
+            f"model {name!r}: {folder} has no config.json; give the folder that save_pretrained wrote"
+        )
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern))
+        found = f"only pickle weights ({', '.join(pickles[:3])})" if pickles else "no weights"
+        raise ModelNotFound(
+            f"model {name!r}: {folder} holds {found} and no *.safetensors; pickle weights are refused because "
+            "loading one can run arbitrary code. Convert them once, from a source you trust, with "
+            "`model.save_pretrained(dir, safe_serialization=True)`"
+        )
+    return folder
+
+
+def _is_hub_id(name: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The cached snapshot of a Hub model, else a fresh download; ModelNotFound when neither can be had."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        cached = Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True))
+        if (cached / "config.json").is_file() and any(cached.glob("*.safetensors")):
+            return cached
+    except OSError:  # not in the cache, or only part of it
+        pass
+    fix = (
+        f"download it where the Hub is reachable (`hf download {repo_id}`, into this machine's Hugging Face "
+        "cache), or give a folder holding config.json and *.safetensors"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFound(f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {fix}")
+    try:
+        # One short request first: it tells "no such model" from "no network" without a download's retries.
+        info = HfApi().model_info(repo_id, timeout=_HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
+        raise ModelNotFound(
+            f"model {repo_id!r} is neither a folder nor a model on the Hugging Face Hub that this machine may "
+            f"read ({type(exc).__name__}); check the name, or give a folder"
+        ) from None
+    except Exception as exc:  # whatever stopped the request, the Hub cannot be reached from here
+        raise ModelNotFound(
+            f"model {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached ({_first_line(exc)}); "
+            f"{fix}"
+        ) from None
+    if not any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
+        raise ModelNotFound(
+            f"model {repo_id!r} on the Hugging Face Hub has no *.safetensors weights; pickle weights are refused "
+            "because loading one can run arbitrary code. Convert them once, from a source you trust, with "
+            "`model.save_pretrained(dir, safe_serialization=True)` and give that folder"
+        )
+    try:
+        folder = snapshot_download(
+            repo_id, revision=info.sha, allow_patterns=_HUB_FILES, etag_timeout=_HUB_TIMEOUT_S
+        )
+    except Exception as exc:  # a download cut short: the same fix as no network at all
+        raise ModelNotFound(f"model {repo_id!r} could not be downloaded ({_first_line(exc)}); {fix}") from None
+    return Path(folder)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _find_gguf(workdir: Path) -> Path:

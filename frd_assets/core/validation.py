@@ -10,10 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from frd_assets.core.config_checks import SEED, Integer, Number, check_fields
 from frd_assets.core.metrics.bleu import corpus_bleu, self_bleu
 from frd_assets.core.metrics.json_checks import REQUIRED_FIELDS, record_problem
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.rouge_l import TokenEncoder, f_matrix
+from frd_assets.core.records import loads_strict_json
 
 READY = "READY_FOR_FINE_TUNING"
 DELETED = "DELETED"
@@ -35,16 +37,22 @@ class ValidationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("min_valid_share", "max_seed_rouge_l", "max_pairwise_rouge_l"):
-            v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise ValueError(f"validation config: {name} must be in [0, 1], got {v}")
-        for name in ("max_seed_bleu", "max_self_bleu"):
-            v = getattr(self, name)
-            if not 0 <= v <= 100:
-                raise ValueError(f"validation config: {name} must be in [0, 100], got {v}")
-        if self.min_valid_records < 2:
-            raise ValueError(f"validation config: min_valid_records must be >= 2, got {self.min_valid_records}")
+        check_fields(self, "validation config", _VALIDATION_RULES)
+
+
+_VALIDATION_RULES = {
+    "min_valid_records": Integer(2),
+    "min_valid_share": Number(0, 1),
+    "max_seed_rouge_l": Number(0, 1),
+    "max_seed_bleu": Number(0, 100),
+    "max_self_bleu": Number(0, 100),
+    "max_pairwise_rouge_l": Number(0, 1),
+    # Self-BLEU needs two sentences; the pairwise ROUGE-L gate holds a sample-by-sample matrix in memory.
+    "self_bleu_sample": Integer(2, 10_000),
+    "max_instruction_words": Integer(1),
+    "max_output_chars": Integer(1),
+    "seed": SEED,
+}
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,9 @@ class ValidationReport:
 
 
 def read_records(data: bytes) -> tuple[list[Any], Counter]:
-    """Reads JSONL for validation without ever raising: a line that is not UTF-8 or not JSON is counted by
-    reason; lines that parse (objects or not) are returned for the per-record checks. Blank lines are skipped."""
+    """Reads JSONL for validation without ever raising: a line that is not UTF-8 or not strict JSON (NaN and
+    Infinity are not JSON) is counted by reason; lines that parse (objects or not) are returned for the
+    per-record checks. Blank lines are skipped."""
     rows: list[Any] = []
     unreadable: Counter = Counter()
     for raw in data.split(b"\n"):
@@ -98,8 +107,8 @@ def read_records(data: bytes) -> tuple[list[Any], Counter]:
             unreadable["not_utf8"] += 1
             continue
         try:
-            rows.append(json.loads(line))
-        except (ValueError, RecursionError):  # bad JSON, a number too long to convert, absurd nesting
+            rows.append(loads_strict_json(line))
+        except ValueError:  # bad JSON, NaN or Infinity, a number too long to convert, absurd nesting
             unreadable["invalid_json"] += 1
     return rows, unreadable
 

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from frd_assets.core.config_checks import SEED, Integer, Number, check_fields, check_order
 from frd_assets.core.generation.checkpoint import Checkpoint
 from frd_assets.core.generation.filters import FilterConfig, instruction_reject_reason
 from frd_assets.core.generation.prompts import (
@@ -53,24 +54,27 @@ class GenerationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_instructions", "seed_tasks_per_prompt", "prompts_per_round", "max_rounds",
-                     "max_new_tokens_instructions", "max_new_tokens_instance", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"generation config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.generated_per_prompt < 0:
-            raise ValueError(f"generation config: generated_per_prompt must be >= 0, got {self.generated_per_prompt}")
-        if not 0 < self.novelty_threshold <= 1:
-            raise ValueError(f"generation config: novelty_threshold must be in (0, 1], got {self.novelty_threshold}")
-        if self.embedding_dedup_threshold is not None and not 0 < self.embedding_dedup_threshold <= 1:
-            raise ValueError(
-                f"generation config: embedding_dedup_threshold must be in (0, 1] or unset, "
-                f"got {self.embedding_dedup_threshold}"
-            )
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"generation config: need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}"
-            )
-        FilterConfig(self.min_words, self.max_words)
+        check_fields(self, "generation config", _GENERATION_RULES)
+        check_order("generation config", "min_words", self.min_words, "max_words", self.max_words)
+
+
+_GENERATION_RULES = {
+    "num_instructions": Integer(1),
+    "seed_tasks_per_prompt": Integer(1, 100),
+    "generated_per_prompt": Integer(0, 100),
+    "prompts_per_round": Integer(1),
+    "max_rounds": Integer(1),
+    "novelty_threshold": Number(0, 1, low_open=True),
+    "embedding_dedup_threshold": Number(0, 1, low_open=True, optional=True),
+    "temperature": Number(0, 2),  # above 2 a teacher writes noise, and OpenAI's API refuses it
+    "top_p": Number(0, 1, low_open=True),
+    "max_new_tokens_instructions": Integer(1, 32_768),
+    "max_new_tokens_instance": Integer(1, 32_768),
+    "min_words": Integer(1),
+    "max_words": Integer(1),
+    "checkpoint_every": Integer(1),
+    "seed": SEED,
+}
 
 
 @dataclass

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
 from frd_assets.core.lora.data import split_records, tokenize_record
 from frd_assets.core.lora.trial import LoraHyperparams, Pruned, TrainingConfig, evaluate_loss, run_trial
 from frd_assets.core.records import Record
@@ -28,12 +29,10 @@ class SearchSpace:
     lr_max: float = 5e-3
 
     def __post_init__(self) -> None:
-        if not 1 <= self.rank_min <= self.rank_max:
-            raise ValueError(f"search space: need 1 <= rank_min <= rank_max, got {self.rank_min}, {self.rank_max}")
-        if not 1 <= self.alpha_min <= self.alpha_max:
-            raise ValueError(f"search space: need 1 <= alpha_min <= alpha_max, got {self.alpha_min}, {self.alpha_max}")
-        if not 0 < self.lr_min <= self.lr_max < 1:
-            raise ValueError(f"search space: need 0 < lr_min <= lr_max < 1, got {self.lr_min}, {self.lr_max}")
+        check_fields(self, "search space", _SPACE_RULES)
+        check_order("search space", "rank_min", self.rank_min, "rank_max", self.rank_max)
+        check_order("search space", "alpha_min", self.alpha_min, "alpha_max", self.alpha_max)
+        check_order("search space", "lr_min", self.lr_min, "lr_max", self.lr_max)
 
     def suggest(self, trial) -> LoraHyperparams:
         return LoraHyperparams(
@@ -41,6 +40,17 @@ class SearchSpace:
             lora_alpha=trial.suggest_int("lora_alpha", self.alpha_min, self.alpha_max, log=True),
             learning_rate=trial.suggest_float("learning_rate", self.lr_min, self.lr_max, log=True),
         )
+
+
+# The same ranges as LoraHyperparams: every point of the space must be a valid trial.
+_SPACE_RULES = {
+    "rank_min": Integer(1),
+    "rank_max": Integer(1),
+    "alpha_min": Integer(1),
+    "alpha_max": Integer(1),
+    "lr_min": Number(0, 1, low_open=True, high_open=True),
+    "lr_max": Number(0, 1, low_open=True, high_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -55,13 +65,11 @@ class SearchSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pruner not in ("median", "hyperband", "none"):
-            raise ValueError(f"search settings: pruner must be median, hyperband or none, got {self.pruner!r}")
-        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
-            raise ValueError(
-                f"search settings: need heartbeat_interval >= 1 and grace_period > heartbeat_interval, "
-                f"got {self.heartbeat_interval}, {self.grace_period}"
-            )
+        check_fields(self, "search settings", _SETTINGS_RULES)
+        check_order(
+            "search settings", "heartbeat_interval", self.heartbeat_interval, "grace_period", self.grace_period,
+            strict=True,
+        )
 
     def make_pruner(self):
         import optuna
@@ -79,6 +87,16 @@ class SearchSettings:
         # still Bayesian after its first few trials.
         startup = self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, n_trials // 3))
         return optuna.samplers.TPESampler(multivariate=True, seed=self.seed, n_startup_trials=startup)
+
+
+_SETTINGS_RULES = {
+    "pruner": OneOf(("median", "hyperband", "none")),
+    "pruner_startup_trials": Integer(0),
+    "n_startup_trials": Integer(0, optional=True),
+    "heartbeat_interval": Integer(1),
+    "grace_period": Integer(1),
+    "seed": SEED,
+}
 
 
 @dataclass

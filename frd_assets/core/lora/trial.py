@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+from frd_assets.core.config_checks import SEED, Integer, Names, Number, check_fields
 from frd_assets.core.lora.data import Example, batches
 
 
@@ -20,12 +21,14 @@ class LoraHyperparams:
     learning_rate: float
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if self.lora_alpha < 1:
-            raise ValueError(f"lora_alpha must be >= 1, got {self.lora_alpha}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        check_fields(self, "LoRA hyperparameters", _HYPERPARAM_RULES)
+
+
+_HYPERPARAM_RULES = {
+    "rank": Integer(1),
+    "lora_alpha": Integer(1),
+    "learning_rate": Number(0, 1, low_open=True, high_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,20 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_length", "evals_per_trial"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self, "training config", _TRAINING_RULES)
+
+
+_TRAINING_RULES = {
+    "epochs": Integer(1, 1000),
+    "batch_size": Integer(1, 4096),
+    "max_length": Integer(8, 131_072),  # fewer tokens cannot hold a chat-formatted prompt and a response
+    "eval_fraction": Number(0, 1, low_open=True, high_open=True),  # each split needs at least one record
+    "evals_per_trial": Integer(1, 1000),
+    "lora_dropout": Number(0, 1, high_open=True),
+    "target_modules": Names('["q_proj", "v_proj"]', optional=True),
+    "weight_decay": Number(0, 1),
+    "seed": SEED,
+}
 
 
 @dataclass

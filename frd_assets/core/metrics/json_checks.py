@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+from frd_assets.core.records import loads_strict_json
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
 _ASKS_FOR_JSON = re.compile(r"\bjson\b", re.IGNORECASE)
@@ -33,7 +34,7 @@ def record_problem(row: Any, *, max_instruction_words: int, max_output_chars: in
         return "output_too_long"
     if output_meant_as_json(row["instruction"], row["output"]):
         try:
-            json.loads(row["output"])
-        except ValueError:
+            loads_strict_json(row["output"])
+        except ValueError:  # NaN or nesting too deep for the parser included: no other reader takes them
             return "output_not_valid_json"
     return None
