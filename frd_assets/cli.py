@@ -40,29 +40,37 @@ def cmd_models_prepare(args) -> int:
 
 
 def upload_seed(path: Path, dataset_id: str | None) -> str:
-    """Checks the seed parses, then writes it to seeds/<uuid><suffix>; returns the UUID."""
-    from frd_assets.core.records import parse_seed
-    from frd_assets.core.store import SEED_SUFFIXES, SEEDS_BUCKET
-    from frd_assets.defs.partitions import is_dataset_uuid
+    """Checks the seed parses, then writes it as the dataset's one seed object; returns the dataset id."""
+    from frd_assets.core.datasets import SEED_SUFFIXES, check_dataset_id
+    from frd_assets.core.records import check_seed_size, parse_seed
+    from frd_assets.core.seeds import write_seed
 
-    dataset_id = dataset_id or str(uuid_lib.uuid4())
-    if not is_dataset_uuid(dataset_id):
-        raise ValueError(f"--uuid {dataset_id!r} is not a lowercase UUID like {uuid_lib.uuid4()}")
+    dataset_id = check_dataset_id(dataset_id, what="--uuid") if dataset_id is not None else str(uuid_lib.uuid4())
     suffix = path.suffix if path.suffix in SEED_SUFFIXES else ".jsonl"
+    check_seed_size(path.stat().st_size, str(path))  # refuse a huge file before reading it
     data = path.read_bytes()
     parse_seed(data, str(path))  # fail here, naming the line, rather than in a run later
-    _store().put_bytes(SEEDS_BUCKET, f"{dataset_id}{suffix}", data)
+    # Replaces the other suffix's object too: one dataset id has one seed.
+    write_seed(_store(), dataset_id, data, suffix)
     return dataset_id
 
 
+def bad_input(exc: BaseException) -> int:
+    """Prints exc as one line on stderr (a message that spans lines is joined) and returns EXIT_BAD_INPUT."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def cmd_seed_upload(args) -> int:
-    from frd_assets.core.records import SeedFormatError
+    from frd_assets.core.store import StoreError
 
     try:
         print(upload_seed(Path(args.file), args.uuid))
-    except (SeedFormatError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    # SeedFormatError and InvalidDatasetId are ValueErrors; OSError covers a missing or unreadable file;
+    # StoreError a store that refuses the credentials or cannot be reached.
+    except (ValueError, OSError, StoreError) as exc:
+        return bad_input(exc)
     return 0
 
 
@@ -70,7 +78,7 @@ def cmd_generate(args) -> int:
     """Self-Instruct generation on local files, without Dagster; resumable through its checkpoint file."""
     from frd_assets.core.generation.checkpoint import StoreCheckpoint
     from frd_assets.core.generation.self_instruct import GenerationConfig, generate
-    from frd_assets.core.records import SeedFormatError, dumps_jsonl, parse_seed, records_to_rows
+    from frd_assets.core.records import dumps_jsonl, parse_seed, records_to_rows
     from frd_assets.core.store import LocalStore
     from frd_assets.defs.resources import TeacherResource
 
@@ -85,14 +93,16 @@ def cmd_generate(args) -> int:
             temperature=args.temperature,
             seed=args.seed_value,
         )
-    except (SeedFormatError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (ValueError, OSError) as exc:  # SeedFormatError and ConfigError are ValueErrors
+        return bad_input(exc)
     teacher_settings = TeacherResource.from_env()
     overrides = {k: v for k, v in (("model", args.teacher_model), ("base_url", args.teacher_url)) if v}
     if args.teacher_url:
         overrides["backend"] = "openai"
-    teacher = teacher_settings.model_copy(update=overrides).build()
+    try:
+        teacher = teacher_settings.model_copy(update=overrides).build()
+    except ValueError as exc:  # ModelNotFound: a teacher model that is not there, or pickle-only
+        return bad_input(exc)
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.json")
     # LocalStore gives the checkpoint the same atomic replace the platform's store uses.
     checkpoint = StoreCheckpoint(LocalStore(ckpt_path.parent), ".", ckpt_path.name)
@@ -121,16 +131,16 @@ def cmd_validate(args) -> int:
     """The validation gate on local files, without Dagster: 0 READY_FOR_FINE_TUNING, 3 DELETED, 2 bad input."""
     import json
 
-    from frd_assets.core.records import SeedFormatError, parse_seed
+    from frd_assets.core.config_checks import config_from_json
+    from frd_assets.core.records import parse_seed
     from frd_assets.core.validation import READY, ValidationConfig, read_records, validate
 
     try:
         data = Path(args.data).read_bytes()
         seeds = parse_seed(Path(args.seed).read_bytes(), args.seed) if args.seed else []
-        config = ValidationConfig(**json.loads(args.config)) if args.config else ValidationConfig()
-    except (OSError, SeedFormatError, ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        config = config_from_json(ValidationConfig, args.config or "{}", source="--config")
+    except (OSError, ValueError) as exc:  # SeedFormatError and ConfigError are ValueErrors
+        return bad_input(exc)
     rows, unreadable = read_records(data)
     report = validate(rows, [s.instruction for s in seeds], config, unreadable=unreadable)
     print(json.dumps(report.to_dict(), sort_keys=True) if args.json else format_report(report, args.data))
@@ -141,20 +151,21 @@ def cmd_tune(args) -> int:
     """The LoRA search on a local JSONL file, without Dagster; re-running the same command continues it."""
     from frd_assets.core.lora.search import SearchSettings, run_search, study_name_for
     from frd_assets.core.lora.trial import TrainingConfig
+    from frd_assets.core.models import resolve_model
     from frd_assets.core.records import Record, loads_jsonl
     from frd_assets.defs.resources import LoraResource
 
     data, out = Path(args.data), Path(args.out)
+    defaults = LoraResource.from_env()
+    base_model = args.base_model or defaults.base_model
     try:
         rows = loads_jsonl(data.read_bytes(), str(data))
         records = [Record.from_dict({"id": f"line-{i}", **row}) for i, row in enumerate(rows, start=1)]
         training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
         settings = SearchSettings(pruner=args.pruner)
+        resolve_model(base_model)  # ModelNotFound in seconds, before the study and the data are touched
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    defaults = LoraResource.from_env()
-    base_model = args.base_model or defaults.base_model
+        return bad_input(exc)
     study = args.study or study_name_for(data.stem, base_model)
     result = run_search(
         records,
@@ -175,10 +186,12 @@ def cmd_tune(args) -> int:
 
 def cmd_launch(args) -> int:
     from frd_assets.client import FrdClient, FrdClientError
-    from frd_assets.defs.partitions import is_dataset_uuid
+    from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
 
-    if not is_dataset_uuid(args.uuid):
-        print(f"error: {args.uuid!r} is not a lowercase dataset UUID", file=sys.stderr)
+    try:
+        check_dataset_id(args.uuid)
+    except InvalidDatasetId as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     assets = [a.strip() for a in args.assets.split(",")] if args.assets else None
     try:

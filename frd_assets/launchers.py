@@ -5,6 +5,9 @@ must remember, so runs launched from the UI, a sensor, an automation condition o
 
 - `QueueTaggingRunCoordinator` (a QueuedRunCoordinator) writes the `frd/queue` run tag when a run is
   submitted, so `tag_concurrency_limits` on that tag (one GPU run per GPU) hold before anything launches.
+  It also refuses, before anything runs, a run whose partition is not a dataset id: Dagster accepts any
+  string as a dynamic partition key over GraphQL, and `<id>/` or `/<id>` would name another dataset's
+  objects. (Each asset checks again at its first line, for runs that never pass a coordinator.)
 - `QueueRoutingRunLauncher` delegates each run to the launcher configured for its queue (in-process,
   Celery queues, Kubernetes jobs with GPU resources...) and delegates termination and health checks to
   the launcher that started the run.
@@ -23,8 +26,12 @@ from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 from dagster_celery.launcher import CeleryRunLauncher
 
+from frd_assets.core.datasets import check_dataset_id
+
 QUEUE_TAG = "frd/queue"
 GPU, CPU = "gpu", "cpu"
+# Run tags that carry partition keys: one partition, or the two ends of a ranged (single-run) backfill.
+PARTITION_TAGS = ("dagster/partition", "dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 def queue_for_run(instance: DagsterInstance, run: DagsterRun) -> str:
@@ -52,6 +59,11 @@ class QueueTaggingRunCoordinator(QueuedRunCoordinator):
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
+        for tag in PARTITION_TAGS:
+            if tag in run.tags:
+                # Raising here makes Dagster mark the run failed with this message and answer the
+                # GraphQL launch with the error; nothing has been written for it.
+                check_dataset_id(run.tags[tag], what=f"run {run.run_id}: partition ({tag})")
         if QUEUE_TAG not in run.tags:
             self._instance.add_run_tags(run.run_id, {QUEUE_TAG: queue_for_run(self._instance, run)})
         return super().submit_run(context)

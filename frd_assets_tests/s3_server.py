@@ -19,6 +19,8 @@ class S3Server:
     access_key: str
     secret_key: str
     process: subprocess.Popen
+    ports: tuple[int, ...] = ()  # s3, master, volume, filer, admin: a restart on the same data reuses them
+    data_dir: Path | None = None
 
     def env(self) -> dict[str, str]:
         return {
@@ -54,9 +56,12 @@ def weed_binary() -> str:
 
 
 def start_s3_server(
-    data_dir: Path, access_key: str = "frdtestkey", secret_key: str = "frd-test-secret-0123456789"
+    data_dir: Path,
+    access_key: str = "frdtestkey",
+    secret_key: str = "frd-test-secret-0123456789",
+    ports: tuple[int, ...] | None = None,
 ) -> S3Server:
-    s3, master, volume, filer, admin = _free_ports(5)
+    s3, master, volume, filer, admin = ports or _free_ports(5)
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key, "GOMEMLIMIT": "512MiB"}
     cmd = [
@@ -78,9 +83,10 @@ def start_s3_server(
         f"-filer.port={filer}",
         f"-admin.port={admin}",
     ]
-    log = open(data_dir / "weed.log", "wb")
+    log = open(data_dir / "weed.log", "ab")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, proc)
+    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, proc, (s3, master, volume, filer, admin),
+                      data_dir)
     import boto3
     from botocore.config import Config
 
@@ -115,3 +121,17 @@ def stop_s3_server(server: S3Server) -> None:
         server.process.wait()
     except ProcessLookupError:
         pass
+
+
+def kill_s3_server(server: S3Server) -> None:
+    """kill -9: what a crashed or cut-off server looks like to a client mid-write."""
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.process.wait()
+
+
+def restart_s3_server(server: S3Server) -> S3Server:
+    """The same server again: same data folder, ports and credentials."""
+    return start_s3_server(server.data_dir, server.access_key, server.secret_key, ports=server.ports)

@@ -6,7 +6,9 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, materialize
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET, S3Store
+from frd_assets.core import versions
+from frd_assets.core.datasets import asset_location, checkpoint_location
+from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET, ObjectNotFound, S3Store
 from frd_assets.definitions import ASSETS
 from frd_assets.defs.partitions import dataset_partitions
 from frd_assets.defs.resources import build_resources
@@ -63,18 +65,18 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     store, result = run_chain(dagster_instance, chain_env, dataset_id, sample_seed_bytes)
     assert result.success
 
-    status = json.loads(store.get_bytes(DATASETS_BUCKET, f"{dataset_id}/status.json"))
-    assert status["verdict"] == "READY_FOR_FINE_TUNING", status
+    validated = versions.current(store, *asset_location("validated_dataset", dataset_id))
+    assert validated.meta["verdict"] == "READY_FOR_FINE_TUNING", validated.meta
+    assert json.loads(versions.read(store, validated, "validation_report.json"))["verdict"] == validated.meta["verdict"]
     for name in ("seed_dataset", "generated_dataset", "validated_dataset"):
-        assert store.exists(DATASETS_BUCKET, f"{dataset_id}/{name}.jsonl")
-    keys = sorted(i.key for i in store.list(ADAPTERS_BUCKET, dataset_id + "/"))
-    assert keys == [
-        f"{dataset_id}/{n}" for n in ("README.md", "adapter_config.json", "adapter_model.safetensors", "trials.json")
-    ]
+        assert versions.read(store, versions.current(store, *asset_location(name, dataset_id)), f"{name}.jsonl")
+    current = versions.current(store, ADAPTERS_BUCKET, dataset_id)
+    assert sorted(current.files) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "trials.json"]
 
     adapter = metadata(dagster_instance, "lora_adapter")
     assert set(adapter["best_params"]) == {"rank", "lora_alpha", "learning_rate"}
-    assert adapter["uri"] == f"s3://{ADAPTERS_BUCKET}/{dataset_id}"
+    assert adapter["uri"] == f"s3://{ADAPTERS_BUCKET}/{dataset_id}/versions/{current.version}"
+    assert adapter["version"] == current.version
     assert adapter["base_eval_loss"] > 0 and adapter["best_eval_loss"] > 0
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
@@ -85,7 +87,7 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    folder = store.download_folder(ADAPTERS_BUCKET, dataset_id, tmp_path / "adapter")
+    folder = versions.download(store, current, tmp_path / "adapter")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.tensor([[1, 5, 9, 12, 20]])
     with torch.no_grad():
@@ -96,12 +98,16 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == adapter["best_params"]["rank"]
 
     # A re-launched lora_adapter continues the same study: two more trials, the first two untouched.
-    first_trials = json.loads(store.get_bytes(ADAPTERS_BUCKET, f"{dataset_id}/trials.json"))
+    first_trials = json.loads(versions.read(store, current, "trials.json"))
     again = materialize(ASSETS, partition_key=dataset_id, instance=dagster_instance,
                         resources=build_resources(chain_env), selection=["lora_adapter"],
                         run_config={"ops": {"lora_adapter": {"config": {"n_trials": 4, "batch_size": 2}}}})
     assert again.success
-    trials = json.loads(store.get_bytes(ADAPTERS_BUCKET, f"{dataset_id}/trials.json"))
+    second = versions.current(store, ADAPTERS_BUCKET, dataset_id)
+    assert second.version > current.version and metadata(dagster_instance, "lora_adapter")["version"] == second.version
+    # The earlier version stays whole beside the new one (pruning keeps the last three).
+    assert versions.read(store, current, "adapter_model.safetensors")
+    trials = json.loads(versions.read(store, second, "trials.json"))
     assert [t["number"] for t in trials] == [0, 1, 2, 3]
     assert [(t["params"], t["eval_loss"]) for t in trials[:2]] == [(t["params"], t["eval_loss"]) for t in first_trials]
     checks = [e for e in again.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
@@ -121,10 +127,14 @@ def test_deleted_verdict_removes_data_and_blocks_the_adapter(
     store, result = run_chain(
         dagster_instance, chain_env, dataset_id, sample_seed_bytes, validation={"max_self_bleu": 0.0}
     )
-    status = json.loads(store.get_bytes(DATASETS_BUCKET, f"{dataset_id}/status.json"))
-    assert status["verdict"] == "DELETED" and "self_bleu" in status["failed_gates"]
-    assert not store.exists(DATASETS_BUCKET, f"{dataset_id}/generated_dataset.jsonl")
-    assert store.exists(DATASETS_BUCKET, f"{dataset_id}/validation_report.json")
+    validated = versions.current(store, *asset_location("validated_dataset", dataset_id))
+    assert validated.meta["verdict"] == "DELETED" and "self_bleu" in validated.meta["failed_gates"]
+    report = json.loads(versions.read(store, validated, "validation_report.json"))
+    assert report["verdict"] == "DELETED" and report["failed_gates"] == validated.meta["failed_gates"]
+    generated_bucket, generated_prefix = asset_location("generated_dataset", dataset_id)
+    with pytest.raises(ObjectNotFound):
+        versions.current(store, generated_bucket, generated_prefix)
+    assert list(store.list(generated_bucket, generated_prefix + "/")) == []
     assert dagster_instance.get_latest_materialization_event(AssetKey("lora_adapter")) is None
     assert list(store.list(ADAPTERS_BUCKET, dataset_id)) == []
     check_key = AssetCheckKey(AssetKey("validated_dataset"), "ready_for_fine_tuning")
@@ -150,13 +160,13 @@ def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model
     from frd_assets.core.generation.self_instruct import GenerationConfig, generate
     from frd_assets.core.generation.teachers import TransformersTeacher
     from frd_assets.core.records import parse_seed
-    from frd_assets.core.store import LocalStore, generation_checkpoint_key
+    from frd_assets.core.store import LocalStore
 
     env = {"FRD_LOCAL_STORE": str(tmp_path / "store"), "TEACHER_MODEL": str(tiny_model_dir)}
     store = LocalStore(env["FRD_LOCAL_STORE"])
     store.put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
     # An earlier attempt that died after keeping 4 instructions left this checkpoint behind.
-    checkpoint = StoreCheckpoint(store, DATASETS_BUCKET, generation_checkpoint_key(dataset_id))
+    checkpoint = StoreCheckpoint(store, *checkpoint_location(dataset_id))
     earlier = GenerationConfig(**{**GENERATION, "num_instructions": 4})
     generate(parse_seed(sample_seed_bytes, "s"), TransformersTeacher(str(tiny_model_dir)), earlier,
              checkpoint=checkpoint, log=lambda _: None)

@@ -53,7 +53,7 @@ def test_seed_upload_rejects_bad_files_before_storing(local_env, tmp_path):
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "store" / "seeds").exists()
     out = frd("seed", "upload", str(bad), "--uuid", "not-a-uuid", env=local_env)
-    assert out.returncode == 2 and "is not a lowercase UUID" in out.stderr
+    assert out.returncode == 2 and "is not a dataset id" in out.stderr and len(out.stderr.splitlines()) == 1
 
 
 def test_demo_runs_the_chain_and_ends_with_a_loadable_adapter(local_env, tiny_model_dir, tmp_path):

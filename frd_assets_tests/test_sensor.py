@@ -5,10 +5,11 @@ import uuid
 import pytest
 from dagster import build_sensor_context
 
+from frd_assets.core.datasets import seed_dataset_id
 from frd_assets.core.store import SEEDS_BUCKET
 from frd_assets.defs.partitions import dataset_partitions
 from frd_assets.defs.resources import StoreResource
-from frd_assets.defs.sensors import seed_upload_sensor, seed_uuid
+from frd_assets.defs.sensors import seed_upload_sensor
 
 SEED = b'{"instruction": "Name a fruit.", "input": "", "output": "Apple"}\n'
 
@@ -41,10 +42,12 @@ def tick(instance, store_resource, cursor=None):
         ("notes.jsonl", None),
         ("dir/0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10.jsonl", None),
         ("0B8E8F7E-6C8B-4B53-9A59-1C1F3C0F7D10.jsonl", None),
+        ("0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10\n.jsonl", None),
+        (" 0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10.jsonl", None),
     ],
 )
-def test_seed_uuid(key, expected):
-    assert seed_uuid(key) == expected
+def test_seed_dataset_id(key, expected):
+    assert seed_dataset_id(key) == expected
 
 
 def test_new_seeds_become_partitions_and_runs_once(dagster_instance, store_resource, seeds):
@@ -71,7 +74,7 @@ def test_new_seeds_become_partitions_and_runs_once(dagster_instance, store_resou
     seeds.put_bytes(SEEDS_BUCKET, f"{late}.json", b"[" + SEED.strip() + b"]")
     third = tick(dagster_instance, store_resource, again.cursor)
     assert [r.partition_key for r in third.run_requests] == [late]
-    assert json.loads(third.cursor)["keys_at"] == [f"{late}.json"]
+    assert list(json.loads(third.cursor)["at_mark"]) == [f"{late}.json"]
 
     # Rewriting a seed (a new version) triggers its partition again; untouched ones stay quiet.
     time.sleep(1.1)
@@ -131,3 +134,128 @@ def test_a_thousand_uploads_in_one_tick(dagster_instance, store_resource, seeds)
     assert sorted(result.dynamic_partitions_requests[0].partition_keys) == sorted(ids)
     dagster_instance.add_dynamic_partitions(dataset_partitions.name, ids)
     assert not tick(dagster_instance, store_resource, result.cursor).run_requests
+
+
+# The three ways a seed update used to be dropped. Each ends with the newest seed processed, exactly once.
+
+def materialize_seed(instance, resource, dataset_id):
+    """A real seed_dataset materialization of the partition (it records the key and ETag it read)."""
+    from dagster import materialize
+
+    from frd_assets.defs.assets import seed_dataset
+    from frd_assets.defs.io_managers import StoreIOManager
+
+    result = materialize([seed_dataset], partition_key=dataset_id, instance=instance,
+                         resources={"store": resource, "io_manager": StoreIOManager(store=resource)})
+    assert result.success
+    return result
+
+
+def records_of(instance, dataset_id):
+    from dagster import AssetKey
+
+    event = instance.get_latest_materialization_event(AssetKey("seed_dataset"))
+    return event.asset_materialization.metadata["records"].value
+
+
+def test_a_seed_rewritten_while_its_run_is_in_flight_is_processed_after_that_run(dagster_instance, tmp_path):
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    u = str(uuid.uuid4())
+    write_seed(store, u, SEED)
+    first = tick(dagster_instance, resource)
+    assert [r.partition_key for r in first.run_requests] == [u]
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [u])
+    # The requested run is under way: it has read the first seed...
+    run = create_run_for_test(dagster_instance, job_name="prepare_dataset", status=DagsterRunStatus.STARTED,
+                              tags={"dagster/partition": u})
+    materialize_seed(dagster_instance, resource, u)
+    # ...when the user rewrites it.
+    write_seed(store, u, SEED + SEED.replace(b"fruit", b"vegetable"))
+    during = tick(dagster_instance, resource, first.cursor)
+    assert not during.run_requests and "1 waiting for a run in flight" in during.skip_reason.skip_message
+    assert list(json.loads(during.cursor)["pending"]) == [f"{u}.jsonl"]
+    again = tick(dagster_instance, resource, during.cursor)  # still in flight: still held, not dropped
+    assert not again.run_requests
+    dagster_instance.report_run_failed(run)  # the run ends (how it ended does not matter)
+    after = tick(dagster_instance, resource, again.cursor)
+    assert [r.partition_key for r in after.run_requests] == [u]
+    assert after.run_requests[0].run_key != first.run_requests[0].run_key
+    materialize_seed(dagster_instance, resource, u)
+    assert records_of(dagster_instance, u) == 2  # the newest seed is the one processed
+    assert not tick(dagster_instance, resource, after.cursor).run_requests  # and only once
+
+
+def test_an_upload_with_the_other_suffix_replaces_the_seed(dagster_instance, tmp_path, monkeypatch):
+    """`frd seed upload a.jsonl --uuid U` then `frd seed upload b.json --uuid U`: U's seed is b."""
+    from frd_assets.cli import main
+    from frd_assets.core.store import LocalStore
+
+    monkeypatch.setenv("FRD_LOCAL_STORE", str(tmp_path))
+    monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    resource = StoreResource(local_root=str(tmp_path))
+    u = str(uuid.uuid4())
+    (tmp_path / "a.jsonl").write_bytes(SEED)
+    (tmp_path / "b.json").write_bytes(b"[" + SEED.strip() + b", " + SEED.replace(b"fruit", b"tree").strip() + b"]")
+    assert main(["seed", "upload", str(tmp_path / "a.jsonl"), "--uuid", u]) == 0
+    first = tick(dagster_instance, resource)
+    assert main(["seed", "upload", str(tmp_path / "b.json"), "--uuid", u]) == 0
+    assert [i.key for i in LocalStore(tmp_path).list(SEEDS_BUCKET)] == [f"{u}.json"]
+    second = tick(dagster_instance, resource, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [u]
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [u])
+    materialize_seed(dagster_instance, resource, u)
+    assert records_of(dagster_instance, u) == 2
+
+    # Both present (dropped into the bucket by hand): the newest one is the seed.
+    store = LocalStore(tmp_path)
+    store.put_bytes(SEEDS_BUCKET, f"{u}.jsonl", SEED * 1)
+    import os
+
+    os.utime(tmp_path / SEEDS_BUCKET / f"{u}.json", (1_000_000_000, 1_000_000_000))
+    materialize_seed(dagster_instance, resource, u)
+    assert records_of(dagster_instance, u) == 1
+
+
+def test_a_same_second_rewrite_on_s3_is_not_skipped(dagster_instance, store_resource, seeds):
+    """S3 last-modified times have one-second resolution: the cursor tells the two writes apart by ETag."""
+    from frd_assets.core.seeds import write_seed
+
+    for _attempt in range(5):
+        u = str(uuid.uuid4())
+        # Start just after a second boundary, so both writes and the tick between fit in one second.
+        time.sleep(1 - time.time() % 1 + 0.02)
+        write_seed(seeds, u, SEED)
+        first = tick(dagster_instance, store_resource)
+        write_seed(seeds, u, SEED + SEED.replace(b"fruit", b"vegetable"))
+        [info] = [i for i in seeds.list(SEEDS_BUCKET) if i.key == f"{u}.jsonl"]
+        if info.last_modified == json.loads(first.cursor)["mark"]:
+            break
+        seeds.delete(SEEDS_BUCKET, f"{u}.jsonl")
+    else:
+        pytest.fail("could not place two writes in one second in 5 attempts")
+    assert [r.partition_key for r in first.run_requests] == [u]
+    second = tick(dagster_instance, store_resource, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [u]
+    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [u])
+    materialize_seed(dagster_instance, store_resource, u)
+    assert records_of(dagster_instance, u) == 2
+    assert not tick(dagster_instance, store_resource, second.cursor).run_requests
+
+
+def test_an_unreachable_store_skips_the_tick_naming_the_endpoint_and_keeps_the_cursor(dagster_instance):
+    from frd_assets_tests.openai_server import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    resource = StoreResource(endpoint=endpoint, access_key="k", secret_key="s")
+    cursor = json.dumps({"mark": 5.0, "at_mark": {}, "pending": {}})
+    result = tick(dagster_instance, resource, cursor)
+    assert not result.run_requests and result.cursor == cursor
+    assert endpoint in result.skip_reason.skip_message and "MINIO_ENDPOINT" in result.skip_reason.skip_message

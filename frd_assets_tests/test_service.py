@@ -2,7 +2,6 @@
 a PostgreSQL-backed instance. A seed dropped in the bucket becomes an adapter with nobody clicking; a second
 dataset is launched with `frd launch` and read back with `frd status`."""
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,9 @@ import requests
 import yaml
 from dagster import DagsterInstance
 
-from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET, S3Store
+from frd_assets.core import versions
+from frd_assets.core.datasets import asset_location
+from frd_assets.core.store import ADAPTERS_BUCKET, SEEDS_BUCKET, S3Store
 from frd_assets_tests.openai_server import free_port
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
 
@@ -95,10 +96,11 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
     store.put_bytes(SEEDS_BUCKET, f"{first}.jsonl", sample_seed_bytes)
     store.put_bytes(SEEDS_BUCKET, "README.txt", b"not a seed: the sensor skips it")
 
-    wait_until(lambda: store.exists(ADAPTERS_BUCKET, f"{first}/adapter_config.json"), 240,
+    wait_until(lambda: store.exists(ADAPTERS_BUCKET, f"{first}/{versions.POINTER}"), 240,
                f"the adapter of {first} (logs in {service['logs']})")
-    status = json.loads(store.get_bytes(DATASETS_BUCKET, f"{first}/status.json"))
-    assert status["verdict"] == "READY_FOR_FINE_TUNING"
+    assert "adapter_config.json" in versions.current(store, ADAPTERS_BUCKET, first).files
+    validated = versions.current(store, *asset_location("validated_dataset", first))
+    assert validated.meta["verdict"] == "READY_FOR_FINE_TUNING"
     os.environ.update({k: service["env"][k] for k in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME",
                                                        "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")})
     with DagsterInstance.from_config(str(service["home"])) as instance:

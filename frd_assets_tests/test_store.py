@@ -40,19 +40,23 @@ def test_list_delete_and_prefixes(store, bucket):
     assert list(store.list(bucket)) == []
 
 
-def test_folder_upload_writes_config_last_and_downloads(store, bucket, tmp_path):
-    src = tmp_path / "adapter"
-    (src / "sub").mkdir(parents=True)
-    (src / "adapter_config.json").write_text("{}")
-    (src / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
-    (src / "sub" / "x.txt").write_text("x")
-    keys = store.upload_folder(src, bucket, "uuid-1")
-    assert keys[-1] == "uuid-1/adapter_config.json"
-    dest = store.download_folder(bucket, "uuid-1", tmp_path / "back")
-    assert (dest / "adapter_model.safetensors").read_bytes() == b"\0" * 1000
-    assert (dest / "sub" / "x.txt").read_text() == "x"
-    with pytest.raises(ObjectNotFound, match="nothing stored under"):
-        store.download_folder(bucket, "uuid-2", tmp_path / "none")
+def test_a_get_returns_the_etag_of_what_it_read(store, bucket):
+    store.put_bytes(bucket, "u/seed.jsonl", b"one")
+    data, info = store.get_object(bucket, "u/seed.jsonl")
+    [listed] = list(store.list(bucket, "u/"))
+    assert data == b"one" and info.key == "u/seed.jsonl" and info.size == 3 and info.etag == listed.etag
+    store.put_bytes(bucket, "u/seed.jsonl", b"two")
+    assert store.get_object(bucket, "u/seed.jsonl")[1].etag != info.etag
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/./b", "a/../b", "a/", "a\nb"])
+def test_keys_with_two_spellings_are_refused_on_both_backends(store, bucket, key):
+    """pathlib collapses 'a//b' and S3 servers strip a leading '/': such keys could name another object."""
+    with pytest.raises(StoreError, match="key"):
+        store.put_bytes(bucket, key, b"x")
+    with pytest.raises(StoreError, match="key"):
+        store.get_bytes(bucket, key)
+    assert list(store.list(bucket)) == []
 
 
 def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):

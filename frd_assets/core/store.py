@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-SEEDS_BUCKET = "seeds"
-DATASETS_BUCKET = "datasets"
-ADAPTERS_BUCKET = "lora-adapters"
-BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET)
+from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET
 
-# Files peft's from_pretrained reads first; written last so a reader that sees it sees a whole adapter.
-_WRITE_LAST = "adapter_config.json"
+BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET)
 
 
 class StoreError(RuntimeError):
@@ -36,6 +33,20 @@ class ObjectInfo:
     etag: str
 
 
+def check_key(bucket: str, key: str) -> str:
+    """A key names one object: no empty, '.' or '..' segment, no leading '/', no control characters.
+
+    pathlib collapses 'a//b' and S3 servers strip a leading '/', so either would let two spellings name
+    one object; both backends refuse them rather than guess."""
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"empty key in bucket {bucket!r}")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 or c == "\\" for c in key):
+        raise StoreError(f"invalid key {key!r} in bucket {bucket!r}: empty, '.' or '..' segments and control "
+                         "characters are refused")
+    return key
+
+
 class Store(ABC):
     """Buckets of keyed byte objects. Writes are atomic: a reader sees the old object or the new one."""
 
@@ -43,7 +54,11 @@ class Store(ABC):
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None: ...
 
     @abstractmethod
-    def get_bytes(self, bucket: str, key: str) -> bytes: ...
+    def get_object(self, bucket: str, key: str) -> tuple[bytes, ObjectInfo]:
+        """The bytes and the facts (time, size, etag) of the one version that was read."""
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self.get_object(bucket, key)[0]
 
     @abstractmethod
     def delete(self, bucket: str, key: str) -> None: ...
@@ -67,32 +82,10 @@ class Store(ABC):
             self.delete(bucket, info.key)
         return len(infos)
 
-    def upload_folder(self, folder: Path, bucket: str, prefix: str) -> list[str]:
-        """Copies every file of folder under prefix; adapter_config.json last (see _WRITE_LAST)."""
-        files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.name == _WRITE_LAST)
-        keys = []
-        for path in files:
-            key = f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}"
-            self.put_bytes(bucket, key, path.read_bytes())
-            keys.append(key)
-        return keys
-
-    def download_folder(self, bucket: str, prefix: str, dest: Path) -> Path:
-        prefix = prefix.rstrip("/") + "/"
-        found = False
-        for info in self.list(bucket, prefix):
-            found = True
-            target = Path(dest) / info.key[len(prefix) :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.get_bytes(bucket, info.key))
-        if not found:
-            raise ObjectNotFound(f"nothing stored under {self.uri(bucket, prefix)}")
-        return Path(dest)
-
 
 class LocalStore(Store):
-    """A folder per bucket under root: the embedded default."""
+    """A folder per bucket under root: the embedded default. Symlinks are never followed: a link dropped
+    into a bucket would otherwise read (and echo in errors) a file outside the store."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
@@ -101,9 +94,15 @@ class LocalStore(Store):
         return f"LocalStore({str(self.root)!r})"
 
     def _path(self, bucket: str, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in Path(key).parts:
+        check_key(bucket, key)
+        if key.startswith("/"):
             raise StoreError(f"invalid key {key!r} in bucket {bucket!r}")
-        return self.root / bucket / key
+        path = self.root / bucket / key
+        # root is resolved, so any difference after resolving is a symlink somewhere on the way.
+        if path.resolve() != path:
+            raise StoreError(f"{path} is or passes through a symlink; the local store does not follow links: "
+                             "copy the file into the store instead")
+        return path
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         path = self._path(bucket, key)
@@ -120,15 +119,29 @@ class LocalStore(Store):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get_bytes(self, bucket: str, key: str) -> bytes:
+    def get_object(self, bucket: str, key: str) -> tuple[bytes, ObjectInfo]:
         path = self._path(bucket, key)
         try:
-            return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            # O_NOFOLLOW closes the window between the symlink check and the open.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"no object {self.uri(bucket, key)}") from None
+        except OSError as exc:
+            if path.is_symlink():
+                raise StoreError(f"{path} is a symlink; the local store does not follow links") from None
+            if path.is_dir():
+                raise ObjectNotFound(f"no object {self.uri(bucket, key)}") from None
+            raise StoreError(f"reading {path} failed: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())  # the facts of the file that was opened, not of a later rename
+            if not stat.S_ISREG(st.st_mode):
+                raise ObjectNotFound(f"no object {self.uri(bucket, key)}")
+            data = f.read()
+        return data, _local_info(key, st)
 
     def exists(self, bucket: str, key: str) -> bool:
-        return self._path(bucket, key).is_file()
+        path = self._path(bucket, key)
+        return path.is_file() and not path.is_symlink()
 
     def delete(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
@@ -142,18 +155,37 @@ class LocalStore(Store):
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         bucket_dir = self.root / bucket
-        if not bucket_dir.is_dir():
+        if not bucket_dir.is_dir() or bucket_dir.is_symlink():
             return
-        for path in sorted(bucket_dir.rglob("*")):
-            if not path.is_file() or path.name.startswith(".tmp-"):
-                continue
-            key = path.relative_to(bucket_dir).as_posix()
-            if key.startswith(prefix):
-                st = path.stat()
-                yield ObjectInfo(st.st_mtime, key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}")
+        # Walk only the folder the prefix names: listing one dataset's versions must not stat every file.
+        start = bucket_dir
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if head:
+            start = bucket_dir / head
+            if not start.is_dir() or start.resolve() != start:
+                return
+        found = []
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                if name.startswith(".tmp-") or os.path.islink(full):
+                    continue
+                key = Path(full).relative_to(bucket_dir).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        found.append(_local_info(key, os.stat(full)))
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+        yield from sorted(found, key=lambda i: i.key)
 
     def uri(self, bucket: str, key: str = "") -> str:
         return str(self.root / bucket / key) if key else str(self.root / bucket)
+
+
+def _local_info(key: str, st: os.stat_result) -> ObjectInfo:
+    # mtime in ns and size: every atomic replace makes a new file, so this changes with every write.
+    return ObjectInfo(st.st_mtime, key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}")
 
 
 class S3Store(Store):
@@ -191,8 +223,14 @@ class S3Store(Store):
         return f"S3Store({self.endpoint!r})"
 
     def _fail(self, action: str, bucket: str, key: str, exc: Exception) -> StoreError:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
+        if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
+            return StoreError(
+                f"{action} {self.uri(bucket, key)}: cannot reach the S3 server at {self.endpoint} "
+                f"({type(exc).__name__}); start it, or fix MINIO_ENDPOINT"
+            )
         code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
             return ObjectNotFound(f"no object {self.uri(bucket, key)}")
@@ -206,16 +244,20 @@ class S3Store(Store):
     def ensure_bucket(self, bucket: str) -> None:
         if bucket in self._ready_buckets:
             return
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_bucket(Bucket=bucket)
+        except BotoCoreError as exc:
+            raise self._fail("opening bucket", bucket, "", exc) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code not in ("404", "NoSuchBucket", "NotFound"):
                 raise self._fail("opening bucket", bucket, "", exc) from None
             try:
                 self.client.create_bucket(Bucket=bucket)
+            except BotoCoreError as exc2:
+                raise self._fail("creating bucket", bucket, "", exc2) from None
             except ClientError as exc2:
                 if exc2.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise self._fail("creating bucket", bucket, "", exc2) from None
@@ -224,6 +266,7 @@ class S3Store(Store):
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        check_key(bucket, key)
         self.ensure_bucket(bucket)
         try:
             # A single PUT is atomic in S3: the object appears whole or not at all.
@@ -231,17 +274,25 @@ class S3Store(Store):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("writing", bucket, key, exc) from None
 
-    def get_bytes(self, bucket: str, key: str) -> bytes:
+    def get_object(self, bucket: str, key: str) -> tuple[bytes, ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        check_key(bucket, key)
         try:
-            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            data = response["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("reading", bucket, key, exc) from None
+        # The ETag and time of the version this GET returned, not of whatever a later listing shows.
+        info = ObjectInfo(
+            response["LastModified"].timestamp(), key, len(data), response.get("ETag", "").strip('"')
+        )
+        return data, info
 
     def exists(self, bucket: str, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        check_key(bucket, key)
         try:
             self.client.head_object(Bucket=bucket, Key=key)
             return True
@@ -254,6 +305,7 @@ class S3Store(Store):
     def delete(self, bucket: str, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        check_key(bucket, key)
         try:
             self.client.delete_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
@@ -289,27 +341,3 @@ def default_local_root() -> Path:
     if (checkout / "pyproject.toml").exists():
         return checkout / ".frd-store"
     return Path.home() / ".local" / "share" / "frd" / "store"
-
-
-# Where each stage's objects live; every key carries the dataset UUID.
-SEED_SUFFIXES = (".jsonl", ".json")
-
-
-def dataset_object_key(uuid: str, asset_name: str) -> str:
-    return f"{uuid}/{asset_name}.jsonl"
-
-
-def generation_checkpoint_key(uuid: str) -> str:
-    return f"{uuid}/generation_checkpoint.json"
-
-
-def status_key(uuid: str) -> str:
-    return f"{uuid}/status.json"
-
-
-def validation_report_key(uuid: str) -> str:
-    return f"{uuid}/validation_report.json"
-
-
-def adapter_prefix(uuid: str) -> str:
-    return uuid

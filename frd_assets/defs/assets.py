@@ -1,7 +1,5 @@
 """The four assets: each reads its input, calls core, and returns the output with metadata."""
 
-import json
-
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -15,30 +13,27 @@ from dagster import (
     asset,
 )
 
+from frd_assets.core import versions
+from frd_assets.core.datasets import asset_location, checkpoint_location
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
-from frd_assets.core.generation.self_instruct import GenerationConfig, generate
+from frd_assets.core.generation.self_instruct import generate
 from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
-from frd_assets.core.store import (
-    DATASETS_BUCKET,
-    SEED_SUFFIXES,
-    SEEDS_BUCKET,
-    ObjectNotFound,
-    dataset_object_key,
-    generation_checkpoint_key,
-    status_key,
-    validation_report_key,
-)
-from frd_assets.core.validation import READY, ValidationConfig, validate
+from frd_assets.core.seeds import read_seed
+from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
+from frd_assets.core.validation import READY, validate
 from frd_assets.defs.config import GenerationRunConfig, LoraRunConfig, ValidationRunConfig
-from frd_assets.defs.io_managers import AdapterFolder
-from frd_assets.defs.partitions import dataset_partitions
+from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRows
+from frd_assets.defs.partitions import dataset_partitions, partition_dataset_id
 from frd_assets.defs.resources import LoraResource, StoreResource, TeacherResource
 
 CPU = {"frd/queue": "cpu"}
 GPU = {"frd/queue": "gpu"}
 READY_CHECK = "ready_for_fine_tuning"
 BEATS_BASE_CHECK = "beats_base_model"
+REPORT_FILE = "validation_report.json"
+# seed_dataset metadata naming the upload it read; the seed sensor reads them back.
+SEED_KEY, SEED_ETAG = "seed_key", "seed_etag"
 
 
 def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
@@ -53,25 +48,21 @@ def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
 
 @asset(partitions_def=dataset_partitions, op_tags=CPU, group_name="frd", kinds={"python"})
 def seed_dataset(context: AssetExecutionContext, store: StoreResource) -> Output[list[dict]]:
-    """The uploaded seed (seeds/<uuid>.jsonl or .json), parsed and normalised to canonical records."""
-    uuid = context.partition_key
+    """The uploaded seed (seeds/<uuid>.jsonl or .json, the newest if both), parsed and normalised."""
+    uuid = partition_dataset_id(context.partition_key, asset="seed_dataset")
     s = store.get_store()
-    for suffix in SEED_SUFFIXES:
-        key = f"{uuid}{suffix}"
-        try:
-            data = s.get_bytes(SEEDS_BUCKET, key)
-            break
-        except ObjectNotFound:
-            continue
-    else:
-        raise Failure(
-            f"no seed upload for dataset {uuid}: expected {s.uri(SEEDS_BUCKET, uuid + '.jsonl')} "
-            f"(or .json); upload it with `frd seed upload FILE --uuid {uuid}`"
-        )
     try:
-        records = parse_seed(data, s.uri(SEEDS_BUCKET, key))
+        data, info = read_seed(s, uuid)
+    except ObjectNotFound as exc:
+        raise Failure(str(exc), allow_retries=False) from None
+    except SeedFormatError as exc:  # over the size limit: refused before download
+        raise Failure(str(exc), metadata={"object": exc.object_name}, allow_retries=False) from None
+    try:
+        records = parse_seed(data, s.uri(SEEDS_BUCKET, info.key))
     except SeedFormatError as exc:
-        raise Failure(str(exc), metadata={"object": s.uri(SEEDS_BUCKET, key), "line": exc.line or 0}) from None
+        raise Failure(
+            str(exc), metadata={"object": s.uri(SEEDS_BUCKET, info.key), "line": exc.line or 0}, allow_retries=False
+        ) from None
     rows = records_to_rows(records)
     formats = sorted({r.provenance.get("format", "") for r in records})
     return Output(
@@ -79,7 +70,10 @@ def seed_dataset(context: AssetExecutionContext, store: StoreResource) -> Output
         metadata={
             "records": len(rows),
             "formats": ", ".join(formats),
-            "source": s.uri(SEEDS_BUCKET, key),
+            "source": s.uri(SEEDS_BUCKET, info.key),
+            # What the seed sensor compares with the bucket: this upload, exactly, was processed.
+            SEED_KEY: info.key,
+            SEED_ETAG: info.etag,
             "sample": _sample_table(rows),
         },
     )
@@ -101,13 +95,14 @@ def generated_dataset(
     seed_dataset: list[dict],
 ) -> Output[list[dict]]:
     """Self-Instruct bootstrapping from the seed with the teacher model, novelty-filtered by ROUGE-L."""
-    gen_config = GenerationConfig(**config.model_dump())
+    uuid = partition_dataset_id(context.partition_key, asset="generated_dataset")
+    gen_config = config.core()
     model = teacher.build()
-    checkpoint = StoreCheckpoint(store.get_store(), DATASETS_BUCKET, generation_checkpoint_key(context.partition_key))
+    checkpoint = StoreCheckpoint(store.get_store(), *checkpoint_location(uuid))
     result = generate(rows_to_records(seed_dataset), model, gen_config, checkpoint=checkpoint, log=context.log.info)
     if not result.records:
         raise Failure(
-            f"generation for dataset {context.partition_key} kept no records after {result.rounds} rounds "
+            f"generation for dataset {uuid} kept no records after {result.rounds} rounds "
             f"(rejected: {dict(result.rejected)}); raise max_rounds or check the teacher model {model.name}"
         )
     rows = records_to_rows(result.records)
@@ -151,37 +146,45 @@ def validated_dataset(
     seed_dataset: list[dict],
     generated_dataset: list[dict],
 ):
-    """The gate: per-record checks, ROUGE-L and BLEU against thresholds, verdict READY_FOR_FINE_TUNING or DELETED."""
-    uuid = context.partition_key
+    """The gate: per-record checks, ROUGE-L and BLEU against thresholds, verdict READY_FOR_FINE_TUNING or DELETED.
+
+    The kept rows, the report and the verdict are one version in the store (DatasetOutput), so no reader
+    sees a verdict from one run beside rows from another; DELETED also removes the generated data, after
+    the verdict is stored."""
+    uuid = partition_dataset_id(context.partition_key, asset="validated_dataset")
     report = validate(
-        generated_dataset, [r["instruction"] for r in seed_dataset], ValidationConfig(**config.model_dump())
+        generated_dataset, [r["instruction"] for r in seed_dataset], config.core()
     )
-    s = store.get_store()
-    status = {"dataset": uuid, **report.to_dict()}
-    s.put_bytes(DATASETS_BUCKET, validation_report_key(uuid), report.to_json().encode())
-    if report.verdict != READY:
-        # DELETED: the generated data goes; the status record with the reasons stays.
-        s.delete(DATASETS_BUCKET, dataset_object_key(uuid, "generated_dataset"))
-        context.log.warning(f"dataset {uuid} DELETED: failed gates {status['failed_gates']}")
-    s.put_bytes(DATASETS_BUCKET, status_key(uuid), json.dumps(status, indent=2).encode())
+    summary = report.to_dict()
+    ready = report.verdict == READY
     gates = {g.name: MetadataValue.float(float(g.value)) for g in report.gates}
+    # Dagster stores this output before the generator resumes, so the deletion below follows the verdict.
     yield Output(
-        report.valid_rows if report.verdict == READY else [],
+        DatasetOutput(
+            report.valid_rows if ready else [],
+            files={REPORT_FILE: report.to_json().encode()},
+            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"]},
+        ),
         metadata={
             "verdict": report.verdict,
             "records": report.records,
             "valid_records": report.valid_records,
             "invalid_records": MetadataValue.json(report.invalid_records),
-            "failed_gates": MetadataValue.json(status["failed_gates"]),
-            "report": MetadataValue.json(report.to_dict()),
+            "failed_gates": MetadataValue.json(summary["failed_gates"]),
+            "report": MetadataValue.json(summary),
             **{f"gate/{k}": v for k, v in gates.items()},
         },
     )
+    if not ready:
+        # DELETED: the generated data goes; the validated version with the report and reasons stays.
+        removed = versions.remove(store.get_store(), *asset_location("generated_dataset", uuid))
+        context.log.warning(f"dataset {uuid} DELETED: failed gates {summary['failed_gates']}; "
+                            f"removed {removed} generated object(s)")
     yield AssetCheckResult(
         check_name=READY_CHECK,
-        passed=report.verdict == READY,
+        passed=ready,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"verdict": report.verdict, "failed_gates": MetadataValue.json(status["failed_gates"])},
+        metadata={"verdict": report.verdict, "failed_gates": MetadataValue.json(summary["failed_gates"])},
     )
 
 
@@ -190,6 +193,7 @@ def validated_dataset(
     op_tags=GPU,
     group_name="frd",
     kinds={"pytorch"},
+    retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
     check_specs=[
         AssetCheckSpec(
             BEATS_BASE_CHECK,
@@ -203,19 +207,20 @@ def lora_adapter(
     config: LoraRunConfig,
     lora: LoraResource,
     store: StoreResource,
-    validated_dataset: list[dict],
+    validated_dataset: DatasetRows,
 ):
-    """peft LoRA tuned by an Optuna TPE search over rank, lora_alpha and learning rate; the best adapter."""
-    uuid = context.partition_key
-    s = store.get_store()
-    try:
-        status = json.loads(s.get_bytes(DATASETS_BUCKET, status_key(uuid)))
-    except ObjectNotFound:
-        raise Failure(f"dataset {uuid} has no validation status; materialize validated_dataset first") from None
-    if status.get("verdict") != READY:
+    """peft LoRA tuned by an Optuna TPE search over rank, lora_alpha and learning rate; the best adapter.
+
+    Store errors are retried (RetryPolicy): the study resumes from its database, so a retry only redoes
+    the unfinished trial and the upload. A rejected dataset is not retried."""
+    uuid = partition_dataset_id(context.partition_key, asset="lora_adapter")
+    # The verdict of the very version whose rows were loaded (one pointer read for both).
+    meta = validated_dataset.version.meta
+    if meta.get("verdict") != READY:
         raise Failure(
-            f"dataset {uuid} is {status.get('verdict')} (failed gates {status.get('failed_gates')}); "
-            "no adapter is built from a rejected dataset"
+            f"dataset {uuid} is {meta.get('verdict')} (failed gates {meta.get('failed_gates')}); "
+            "no adapter is built from a rejected dataset",
+            allow_retries=False,
         )
     base_model = config.base_model or lora.base_model
     study = study_name_for(uuid, base_model)

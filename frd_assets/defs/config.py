@@ -1,65 +1,109 @@
-"""Per-run configuration in the Dagster launchpad; each mirrors a core dataclass field for field."""
+"""Per-run configuration in the Dagster launchpad; each mirrors a core dataclass field for field.
+
+The defaults are read from the core dataclasses, and a model validator builds the core dataclass, so a
+bad value is refused with core's message (config, field, value, allowed range) as soon as Dagster builds
+the config, before an asset body runs. The assets take the checked dataclass from `core()` (and, for the
+LoRA search, `training()`, `space()` and `settings()`).
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from dagster import Config
+from pydantic import model_validator
 
+from frd_assets.core.config_checks import Integer, check_value
+from frd_assets.core.generation.self_instruct import GenerationConfig
 from frd_assets.core.lora.search import SearchSettings, SearchSpace
 from frd_assets.core.lora.trial import TrainingConfig
+from frd_assets.core.validation import ValidationConfig
+
+_GENERATION = GenerationConfig()
+_VALIDATION = ValidationConfig()
+_TRAINING = TrainingConfig()
+_SPACE = SearchSpace()
+_SETTINGS = SearchSettings()
 
 
 class GenerationRunConfig(Config):
-    num_instructions: int = 20
-    seed_tasks_per_prompt: int = 6
-    generated_per_prompt: int = 2
-    prompts_per_round: int = 8
-    max_rounds: int = 10
-    novelty_threshold: float = 0.7
-    embedding_dedup_threshold: Optional[float] = None
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens_instructions: int = 160
-    max_new_tokens_instance: int = 160
-    min_words: int = 3
-    max_words: int = 150
-    checkpoint_every: int = 5
-    seed: int = 0
+    num_instructions: int = _GENERATION.num_instructions
+    seed_tasks_per_prompt: int = _GENERATION.seed_tasks_per_prompt
+    generated_per_prompt: int = _GENERATION.generated_per_prompt
+    prompts_per_round: int = _GENERATION.prompts_per_round
+    max_rounds: int = _GENERATION.max_rounds
+    novelty_threshold: float = _GENERATION.novelty_threshold
+    embedding_dedup_threshold: Optional[float] = _GENERATION.embedding_dedup_threshold
+    temperature: float = _GENERATION.temperature
+    top_p: float = _GENERATION.top_p
+    max_new_tokens_instructions: int = _GENERATION.max_new_tokens_instructions
+    max_new_tokens_instance: int = _GENERATION.max_new_tokens_instance
+    min_words: int = _GENERATION.min_words
+    max_words: int = _GENERATION.max_words
+    checkpoint_every: int = _GENERATION.checkpoint_every
+    seed: int = _GENERATION.seed
+
+    @model_validator(mode="after")
+    def check_with_core(self) -> "GenerationRunConfig":
+        self.core()
+        return self
+
+    def core(self) -> GenerationConfig:
+        return GenerationConfig(**self.model_dump())
 
 
 class ValidationRunConfig(Config):
-    min_valid_records: int = 4
-    min_valid_share: float = 0.5
-    max_seed_rouge_l: float = 0.7
-    max_seed_bleu: float = 50.0
-    max_self_bleu: float = 60.0
-    max_pairwise_rouge_l: float = 0.5
-    self_bleu_sample: int = 100
-    max_instruction_words: int = 150
-    max_output_chars: int = 8000
-    seed: int = 0
+    min_valid_records: int = _VALIDATION.min_valid_records
+    min_valid_share: float = _VALIDATION.min_valid_share
+    max_seed_rouge_l: float = _VALIDATION.max_seed_rouge_l
+    max_seed_bleu: float = _VALIDATION.max_seed_bleu
+    max_self_bleu: float = _VALIDATION.max_self_bleu
+    max_pairwise_rouge_l: float = _VALIDATION.max_pairwise_rouge_l
+    self_bleu_sample: int = _VALIDATION.self_bleu_sample
+    max_instruction_words: int = _VALIDATION.max_instruction_words
+    max_output_chars: int = _VALIDATION.max_output_chars
+    seed: int = _VALIDATION.seed
+
+    @model_validator(mode="after")
+    def check_with_core(self) -> "ValidationRunConfig":
+        self.core()
+        return self
+
+    def core(self) -> ValidationConfig:
+        return ValidationConfig(**self.model_dump())
 
 
 class LoraRunConfig(Config):
+    """TrainingConfig, SearchSpace and the sampler/pruner fields of SearchSettings, plus two overrides."""
+
     base_model: Optional[str] = None  # overrides LORA_MODEL_NAME for this run
     n_trials: Optional[int] = None  # overrides LORA_N_TRIALS for this run
-    epochs: int = 2
-    batch_size: int = 4
-    max_length: int = 256
-    eval_fraction: float = 0.2
-    evals_per_trial: int = 2
-    lora_dropout: float = 0.05
-    target_modules: Optional[list[str]] = None
-    rank_min: int = 4
-    rank_max: int = 64
-    alpha_min: int = 4
-    alpha_max: int = 128
-    lr_min: float = 1e-5
-    lr_max: float = 5e-3
-    pruner: str = "median"
-    n_startup_trials: Optional[int] = None
-    seed: int = 0
+    epochs: int = _TRAINING.epochs
+    batch_size: int = _TRAINING.batch_size
+    max_length: int = _TRAINING.max_length
+    eval_fraction: float = _TRAINING.eval_fraction
+    evals_per_trial: int = _TRAINING.evals_per_trial
+    lora_dropout: float = _TRAINING.lora_dropout
+    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
+    weight_decay: float = _TRAINING.weight_decay
+    rank_min: int = _SPACE.rank_min
+    rank_max: int = _SPACE.rank_max
+    alpha_min: int = _SPACE.alpha_min
+    alpha_max: int = _SPACE.alpha_max
+    lr_min: float = _SPACE.lr_min
+    lr_max: float = _SPACE.lr_max
+    pruner: str = _SETTINGS.pruner
+    pruner_startup_trials: int = _SETTINGS.pruner_startup_trials
+    n_startup_trials: Optional[int] = _SETTINGS.n_startup_trials
+    seed: int = _TRAINING.seed
+
+    @model_validator(mode="after")
+    def check_with_core(self) -> "LoraRunConfig":
+        check_value("lora_adapter config", "n_trials", self.n_trials, Integer(1, optional=True))
+        self.training()
+        self.space()
+        self.settings()
+        return self
 
     def training(self) -> TrainingConfig:
         return TrainingConfig(
@@ -69,12 +113,25 @@ class LoraRunConfig(Config):
             eval_fraction=self.eval_fraction,
             evals_per_trial=self.evals_per_trial,
             lora_dropout=self.lora_dropout,
-            target_modules=tuple(self.target_modules) if self.target_modules else None,
+            target_modules=self.target_modules,
+            weight_decay=self.weight_decay,
             seed=self.seed,
         )
 
     def space(self) -> SearchSpace:
-        return SearchSpace(self.rank_min, self.rank_max, self.alpha_min, self.alpha_max, self.lr_min, self.lr_max)
+        return SearchSpace(
+            rank_min=self.rank_min,
+            rank_max=self.rank_max,
+            alpha_min=self.alpha_min,
+            alpha_max=self.alpha_max,
+            lr_min=self.lr_min,
+            lr_max=self.lr_max,
+        )
 
     def settings(self) -> SearchSettings:
-        return SearchSettings(pruner=self.pruner, n_startup_trials=self.n_startup_trials, seed=self.seed)
+        return SearchSettings(
+            pruner=self.pruner,
+            pruner_startup_trials=self.pruner_startup_trials,
+            n_startup_trials=self.n_startup_trials,
+            seed=self.seed,
+        )

@@ -1,15 +1,22 @@
-"""The IO manager over the store: datasets as JSONL, adapters as folders of files; nothing pickled."""
+"""The IO manager over the store: every output is a new immutable version behind one pointer (core/versions).
+
+Datasets are JSONL (plus any files stored beside them, such as the validation report), adapters are folders
+of files; nothing is pickled. A reader gets exactly the version the pointer named when it read it.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
+from frd_assets.core import versions
+from frd_assets.core.datasets import ADAPTER_ASSET, InvalidDatasetId, asset_location
 from frd_assets.core.records import dumps_jsonl, loads_jsonl
-from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, adapter_prefix, dataset_object_key
+from frd_assets.core.store import Store
 from frd_assets.defs.resources import StoreResource
 
 
@@ -18,47 +25,78 @@ class AdapterFolder:
     """A local folder of adapter files (adapter_config.json, adapter_model.safetensors, ...)."""
 
     path: Path
+    version: versions.Version | None = None  # set when loaded from the store
+
+
+@dataclass(frozen=True)
+class DatasetOutput:
+    """Rows plus files published in the same version (a report, a card) and small facts for the pointer,
+    so that the rows, their report and the verdict can never be read from two different writes."""
+
+    rows: list[dict]
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DatasetRows(list):
+    """The rows of one stored version, with that version (its meta holds e.g. the verdict)."""
+
+    def __init__(self, rows, version: versions.Version):
+        super().__init__(rows)
+        self.version = version
+
+
+def data_file(asset_name: str) -> str:
+    return f"{asset_name}.jsonl"
 
 
 class StoreIOManager(ConfigurableIOManager):
     store: StoreResource
 
-    @staticmethod
-    def _is_adapter(asset_name: str) -> bool:
-        return asset_name == "lora_adapter"
-
     def location(self, asset_name: str, partition_key: str) -> tuple[str, str]:
-        """The one place that maps an asset partition to (bucket, key or prefix)."""
-        if self._is_adapter(asset_name):
-            return ADAPTERS_BUCKET, adapter_prefix(partition_key)
-        return DATASETS_BUCKET, dataset_object_key(partition_key, asset_name)
+        """(bucket, prefix) of an asset partition; a partition key that is not a dataset id never reaches
+        the store (retrying cannot fix it, so the step fails at once)."""
+        try:
+            return asset_location(asset_name, partition_key)
+        except InvalidDatasetId as exc:
+            raise Failure(f"asset {asset_name}: partition {exc}", allow_retries=False) from None
 
     def handle_output(self, context: OutputContext, obj) -> None:
         name = context.asset_key.path[-1]
-        bucket, key = self.location(name, context.asset_partition_key)
+        bucket, prefix = self.location(name, context.asset_partition_key)
         store = self.store.get_store()
         if isinstance(obj, AdapterFolder):
-            files = store.upload_folder(obj.path, bucket, key)
-            context.add_output_metadata(
-                {"uri": MetadataValue.path(store.uri(bucket, key)), "files": MetadataValue.json(sorted(files))}
-            )
-        elif isinstance(obj, list):
-            data = dumps_jsonl(obj)
-            store.put_bytes(bucket, key, data)
-            context.add_output_metadata(
-                {"uri": MetadataValue.path(store.uri(bucket, key)), "rows": len(obj), "bytes": len(data)}
-            )
-        else:
+            version = versions.publish(store, bucket, prefix, versions.folder_files(obj.path), log=context.log.info)
+            context.add_output_metadata({**_version_metadata(store, version),
+                                         "files": MetadataValue.json(sorted(version.files))})
+            return
+        if isinstance(obj, list):
+            obj = DatasetOutput(obj)
+        if not isinstance(obj, DatasetOutput):
             raise TypeError(
-                f"asset {name} returned {type(obj).__name__}; the store IO manager writes a list of JSON rows "
-                "or an AdapterFolder"
+                f"asset {name} returned {type(obj).__name__}; the store IO manager writes a list of JSON rows, "
+                "a DatasetOutput or an AdapterFolder"
             )
+        data = dumps_jsonl(obj.rows)
+        files = [(data_file(name), data), *obj.files.items()]
+        version = versions.publish(store, bucket, prefix, files, meta=obj.meta, log=context.log.info)
+        context.add_output_metadata({**_version_metadata(store, version), "rows": len(obj.rows), "bytes": len(data)})
 
     def load_input(self, context: InputContext):
         name = context.upstream_output.asset_key.path[-1]
-        bucket, key = self.location(name, context.asset_partition_key)
+        bucket, prefix = self.location(name, context.asset_partition_key)
         store = self.store.get_store()
-        if self._is_adapter(name):
+        version = versions.current(store, bucket, prefix)
+        if name == ADAPTER_ASSET:
             dest = Path(tempfile.mkdtemp(prefix=f"frd-{name}-"))
-            return AdapterFolder(store.download_folder(bucket, key, dest))
-        return loads_jsonl(store.get_bytes(bucket, key), store.uri(bucket, key))
+            return AdapterFolder(versions.download(store, version, dest), version)
+        key = data_file(name)
+        rows = loads_jsonl(versions.read(store, version, key), store.uri(bucket, version.key(key)))
+        return DatasetRows(rows, version)
+
+
+def _version_metadata(store: Store, version: versions.Version) -> dict:
+    return {
+        "uri": MetadataValue.path(store.uri(version.bucket, version.folder)),
+        "version": version.version,
+    }

@@ -1,13 +1,20 @@
-"""One dynamic partition per dataset UUID: the key that follows a seed through the whole graph."""
+"""One dynamic partition per dataset id: the key that follows a seed through the whole graph.
 
-import re
+Dagster accepts any string as a dynamic partition key (the UI, GraphQL's addDynamicPartition); what a
+dataset id is lives in core/datasets.py, and every asset, the coordinator and the IO manager refuse any
+other key before anything is written.
+"""
 
-from dagster import DynamicPartitionsDefinition
+from dagster import DynamicPartitionsDefinition, Failure
+
+from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
 
 dataset_partitions = DynamicPartitionsDefinition(name="dataset_uuid")
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-
-def is_dataset_uuid(key: str) -> bool:
-    return bool(UUID_RE.match(key))
+def partition_dataset_id(partition_key: str, *, asset: str) -> str:
+    """The dataset id of a run's partition, or a Failure naming the key (retrying cannot fix it)."""
+    try:
+        return check_dataset_id(partition_key, what=f"partition key of {asset}")
+    except InvalidDatasetId as exc:
+        raise Failure(str(exc), allow_retries=False) from None

@@ -2,12 +2,22 @@
 
 - seed_upload_sensor: new or rewritten <uuid>.jsonl/.json objects in the seeds bucket become partitions
   and `prepare_dataset` runs (CPU). The store has no notifications (SeaweedFS has no bucket-notification
-  API), so it lists from a cursor: the newest last-modified time seen plus the keys seen at exactly that
-  time (S3 times have one-second resolution, so a key alone cannot order two uploads in one second).
+  API), so it lists from a cursor. The newest upload of a dataset is processed exactly once after it was
+  written:
+  * the cursor is the newest last-modified time seen plus the key -> ETag of every object at exactly that
+    time (S3 times have one-second resolution, so time alone cannot order two writes in one second, and a
+    same-second rewrite of one key is told apart by its ETag);
+  * an upload is done when the dataset's latest seed_dataset materialization records that very key and
+    ETag (seed_dataset stores them), not when some run happened later: a run may have read the older seed;
+  * an upload whose dataset has a run in flight is held in the cursor's `pending` map and looked at again
+    every tick until that run ends, instead of being skipped for good.
+  With the store unreachable a tick skips, naming the endpoint, and keeps its cursor.
 - adapter_on_ready_sensor: a run-status sensor. When a run that materialized validated_dataset succeeds
-  and the partition's status record says READY_FOR_FINE_TUNING, it requests `train_adapter` (GPU) for it.
-  A run-status sensor rather than an automation condition because the trigger is a verdict, not freshness:
-  the rule reads as code, runs once per finished run, and a DELETED verdict simply stops there.
+  with the verdict READY_FOR_FINE_TUNING, it requests `train_adapter` (GPU) for it. A run-status sensor
+  rather than an automation condition because the trigger is a verdict, not freshness: the rule reads as
+  code, runs once per finished run, and a DELETED verdict simply stops there. The verdict is read from
+  that run's own materialization event (the same record the store's version pointer holds), so a store
+  outage at that moment cannot lose the adapter: a run-status sensor never looks at a run twice.
 """
 
 import json
@@ -29,82 +39,116 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from frd_assets.core.store import DATASETS_BUCKET, SEED_SUFFIXES, SEEDS_BUCKET, ObjectInfo, ObjectNotFound, status_key
+from frd_assets.core.datasets import is_dataset_id, seed_dataset_id
+from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import READY
+from frd_assets.defs.assets import SEED_ETAG, SEED_KEY
 from frd_assets.defs.jobs import prepare_dataset_job, train_adapter_job
-from frd_assets.defs.partitions import dataset_partitions, is_dataset_uuid
+from frd_assets.defs.partitions import dataset_partitions
 from frd_assets.defs.resources import StoreResource
 
 SENSOR_INTERVAL = int(os.environ.get("FRD_SENSOR_INTERVAL_SECONDS") or 30)
 
 
-def seed_uuid(key: str) -> str | None:
-    """'<uuid>.jsonl' or '<uuid>.json' -> uuid; anything else -> None."""
-    for suffix in SEED_SUFFIXES:
-        if key.endswith(suffix) and is_dataset_uuid(key[: -len(suffix)]):
-            return key[: -len(suffix)]
-    return None
+def _latest_seed_materialization(context: SensorEvaluationContext, uuid: str):
+    result = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("seed_dataset"), asset_partitions=[uuid]), limit=1
+    )
+    return result.records[0] if result.records else None
 
 
-def _processed_since(context: SensorEvaluationContext, uuids: list[str]) -> dict[str, float]:
-    """uuid -> time of its latest seed_dataset materialization, for the UUIDs that have one."""
-    seen: dict[str, float] = {}
-    for uuid in uuids:
-        result = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("seed_dataset"), asset_partitions=[uuid]), limit=1
-        )
-        if result.records:
-            seen[uuid] = result.records[0].timestamp
-    return seen
+def _already_processed(context: SensorEvaluationContext, uuid: str, info: ObjectInfo) -> bool:
+    """This exact upload (key and ETag) is what the dataset's latest seed_dataset materialization read."""
+    record = _latest_seed_materialization(context, uuid)
+    if record is None:
+        return False
+    meta = record.asset_materialization.metadata if record.asset_materialization else {}
+    if SEED_ETAG in meta:
+        return meta[SEED_ETAG].value == info.etag and meta[SEED_KEY].value == info.key
+    # Materialized before seed_dataset recorded ETags: the old rule, by time.
+    return record.timestamp > info.last_modified
 
 
 def _in_flight(context: SensorEvaluationContext, uuid: str) -> bool:
-    """A run for this partition is already queued or running (launched by hand or over GraphQL)."""
+    """A run for this partition is queued or running (launched by a sensor, by hand or over GraphQL)."""
     runs = context.instance.get_runs(
         RunsFilter(tags={"dagster/partition": uuid}, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
     )
     return bool(runs)
 
 
+def _read_cursor(raw: str | None) -> tuple[float, dict[str, str], dict[str, str]]:
+    """(mark, key -> ETag of the objects at the mark, pending key -> ETag)."""
+    if not raw:
+        return 0.0, {}, {}
+    cursor = json.loads(raw)
+    if "keys_at" in cursor:  # the cursor before ETags: those keys were seen, whatever their ETag
+        return float(cursor["last_modified"]), {k: "" for k in cursor["keys_at"]}, {}
+    return float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor.get("pending", {}))
+
+
+def _is_fresh(info: ObjectInfo, mark: float, at_mark: dict[str, str]) -> bool:
+    if info.last_modified > mark:
+        return True
+    if info.last_modified < mark:
+        return False
+    seen = at_mark.get(info.key)
+    return seen is None or (seen != "" and seen != info.etag)
+
+
 @sensor(job=prepare_dataset_job, minimum_interval_seconds=SENSOR_INTERVAL, default_status=DefaultSensorStatus.RUNNING)
 def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
     """One prepare_dataset run per new or rewritten seed upload; other keys are skipped with a log line."""
-    cursor = json.loads(context.cursor) if context.cursor else {"last_modified": 0.0, "keys_at": []}
-    mark, keys_at = cursor["last_modified"], set(cursor["keys_at"])
-    fresh: list[ObjectInfo] = []
-    skipped = 0
-    for info in store.get_store().list(SEEDS_BUCKET):  # boto3 pages through any number of keys
-        if info.last_modified < mark or (info.last_modified == mark and info.key in keys_at):
-            continue
-        fresh.append(info)
-    if fresh:
-        newest = max(i.last_modified for i in fresh)
-        if newest > mark:
-            mark, keys_at = newest, set()
-        keys_at |= {i.key for i in fresh if i.last_modified == mark}
-    next_cursor = json.dumps({"last_modified": mark, "keys_at": sorted(keys_at)})
+    mark, at_mark, pending = _read_cursor(context.cursor)
+    s = store.get_store()
+    try:
+        listing = list(s.list(SEEDS_BUCKET))  # boto3 pages through any number of keys
+    except StoreError as exc:
+        return SensorResult(skip_reason=SkipReason(f"store unreachable, nothing read: {exc}"), cursor=context.cursor)
 
+    by_key = {i.key: i for i in listing}
+    fresh = [i for i in listing if _is_fresh(i, mark, at_mark)]
+    if listing:
+        newest = max(i.last_modified for i in listing)
+        if newest > mark:
+            mark = newest
+        at_mark = {i.key: i.etag for i in listing if i.last_modified == mark}
+
+    # The newest upload per dataset among fresh ones and those held back while a run was in flight.
     candidates: dict[str, ObjectInfo] = {}
-    for info in fresh:
-        uuid = seed_uuid(info.key)
+    skipped = 0
+    held = [by_key[k] for k in pending if k in by_key]
+    for info in fresh + held:
+        uuid = seed_dataset_id(info.key)
         if uuid is None:
             skipped += 1
             context.log.info(f"skipping {info.key!r} in bucket {SEEDS_BUCKET}: not named <uuid>.jsonl or <uuid>.json")
             continue
-        if uuid not in candidates or info.last_modified > candidates[uuid].last_modified:
+        best = candidates.get(uuid)
+        if best is None or (info.last_modified, info.key) > (best.last_modified, best.key):
             candidates[uuid] = info
-    # A seed already turned into seed_dataset after it was written (by `frd demo`, a manual run or an
-    # earlier cursor), or with a run in flight, is not new work. Only known partitions can be either, so a
-    # tick of 1,000 first uploads asks the instance nothing per upload.
+
+    # Only known partitions can have been processed or have a run in flight, so a tick of 1,000 first
+    # uploads asks the instance nothing per upload.
     existing = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
-    known = [u for u in candidates if u in existing]
-    done = _processed_since(context, known)
-    busy = {u for u in known if _in_flight(context, u)}
-    new = {u: i for u, i in candidates.items() if done.get(u, -1.0) < i.last_modified and u not in busy}
+    new: dict[str, ObjectInfo] = {}
+    pending = {}
+    for uuid, info in candidates.items():
+        if uuid in existing:
+            if _in_flight(context, uuid):
+                pending[info.key] = info.etag  # looked at again once that run has ended
+                continue
+            if _already_processed(context, uuid, info):
+                continue
+        new[uuid] = info
+    next_cursor = json.dumps({"mark": mark, "at_mark": at_mark, "pending": pending}, sort_keys=True)
     if not new:
-        return SensorResult(skip_reason=SkipReason(f"no new seed uploads ({skipped} other keys)"), cursor=next_cursor)
+        waiting = f", {len(pending)} waiting for a run in flight" if pending else ""
+        return SensorResult(
+            skip_reason=SkipReason(f"no new seed uploads ({skipped} other keys{waiting})"), cursor=next_cursor
+        )
     to_add = sorted(set(new) - existing)
-    context.log.info(f"{len(new)} new seed uploads, {len(to_add)} new partitions")
+    context.log.info(f"{len(new)} new seed uploads, {len(to_add)} new partitions, {len(pending)} waiting")
     return SensorResult(
         run_requests=[
             RunRequest(partition_key=uuid, run_key=f"{uuid}:{info.etag}:{info.last_modified}")
@@ -122,26 +166,29 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
     default_status=DefaultSensorStatus.RUNNING,
     monitor_all_code_locations=False,
 )
-def adapter_on_ready_sensor(context: RunStatusSensorContext, store: StoreResource):
+def adapter_on_ready_sensor(context: RunStatusSensorContext):
     """After a successful run that materialized validated_dataset: the adapter, if the verdict is READY."""
     run = context.dagster_run
     uuid = run.tags.get("dagster/partition")
-    if not uuid:
-        return SkipReason("not a dataset partition run")
+    if not is_dataset_id(uuid):
+        return SkipReason(f"run {run.run_id} is not for a dataset partition (partition {uuid!r})")
 
-    def materialized_here(asset: str) -> bool:
+    def latest_record(asset: str):
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[uuid]), limit=1
         ).records
-        return bool(records) and records[0].run_id == run.run_id
+        return records[0] if records else None
+
+    def materialized_here(asset: str) -> bool:
+        record = latest_record(asset)
+        return record is not None and record.run_id == run.run_id
 
     # Read what the run did, not how it was selected: job runs carry no asset selection of their own.
-    if not materialized_here("validated_dataset") or materialized_here("lora_adapter"):
+    validated = latest_record("validated_dataset")
+    if validated is None or validated.run_id != run.run_id or materialized_here("lora_adapter"):
         return SkipReason(f"run {run.run_id} did not validate {uuid} without training its adapter")
-    try:
-        status = json.loads(store.get_store().get_bytes(DATASETS_BUCKET, status_key(uuid)))
-    except ObjectNotFound:
-        return SkipReason(f"dataset {uuid} has no status record")
-    if status.get("verdict") != READY:
-        return SkipReason(f"dataset {uuid} is {status.get('verdict')}: no adapter")
+    meta = validated.asset_materialization.metadata if validated.asset_materialization else {}
+    verdict = meta["verdict"].value if "verdict" in meta else None
+    if verdict != READY:
+        return SkipReason(f"dataset {uuid} is {verdict}: no adapter")
     return RunRequest(partition_key=uuid, run_key=f"adapter:{uuid}:{run.run_id}")

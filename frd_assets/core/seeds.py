@@ -1,0 +1,51 @@
+"""Seed uploads in the seeds bucket: one object per dataset id, '<id>.jsonl' or '<id>.json'.
+
+An upload replaces the object with the other suffix, so one id never has two seeds; while both exist (the
+moment between the write and the delete, or after a user dropped both into the bucket by hand) the newest
+one is the seed.
+"""
+
+from __future__ import annotations
+
+from frd_assets.core.datasets import SEED_SUFFIXES, check_dataset_id, dataset_key
+from frd_assets.core.records import check_seed_size
+from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, ObjectNotFound, Store
+
+
+def seed_keys(dataset_id: str) -> list[str]:
+    return [dataset_key(dataset_id, suffix=s) for s in SEED_SUFFIXES]
+
+
+def write_seed(store: Store, dataset_id: str, data: bytes, suffix: str = ".jsonl") -> str:
+    """Writes the seed object, then deletes the one with the other suffix; returns the key written."""
+    key = dataset_key(dataset_id, suffix=suffix)
+    store.put_bytes(SEEDS_BUCKET, key, data)
+    for other in seed_keys(dataset_id):
+        if other != key:
+            store.delete(SEEDS_BUCKET, other)
+    return key
+
+
+def current_seed(store: Store, dataset_id: str) -> ObjectInfo | None:
+    """The newest seed object of the dataset, or None; ties in time go to the later key in sort order."""
+    keys = set(seed_keys(dataset_id))
+    infos = [i for i in store.list(SEEDS_BUCKET, f"{check_dataset_id(dataset_id)}.") if i.key in keys]
+    return max(infos, key=lambda i: (i.last_modified, i.key)) if infos else None
+
+
+def read_seed(store: Store, dataset_id: str) -> tuple[bytes, ObjectInfo]:
+    """The newest seed's bytes with the ETag of exactly what was read; ObjectNotFound when there is none,
+    SeedFormatError when it is over the seed size limit."""
+    for _ in range(3):  # the object named by the listing can be replaced or removed before the GET
+        info = current_seed(store, dataset_id)
+        if info is None:
+            break
+        check_seed_size(info.size, store.uri(SEEDS_BUCKET, info.key))  # before downloading it
+        try:
+            return store.get_object(SEEDS_BUCKET, info.key)
+        except ObjectNotFound:
+            continue
+    raise ObjectNotFound(
+        f"no seed upload for dataset {dataset_id}: expected {store.uri(SEEDS_BUCKET, seed_keys(dataset_id)[0])} "
+        f"(or .json); upload it with `frd seed upload FILE --uuid {dataset_id}`"
+    )
