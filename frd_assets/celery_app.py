@@ -30,7 +30,9 @@ def app_args(default_queue: str, broker: str | None = None) -> dict:
         "broker": url,
         "backend": url,
         "include": [],
-        "config_source": dict(DEFAULT_CONFIG),
+        # Results never expire: run monitoring reads a run's task state for as long as the run lasts, and
+        # Celery's default (one day) would make a long LoRA search look lost.
+        "config_source": {**DEFAULT_CONFIG, "result_expires": None},
         "task_default_queue": default_queue,
     }
 

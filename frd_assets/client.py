@@ -5,6 +5,12 @@ client = FrdClient("127.0.0.1", 3000)
 run_id = client.launch("0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10")          # the whole chain
 run_id = client.launch(uuid, assets=["lora_adapter"], base_model="HuggingFaceTB/SmolLM2-360M-Instruct")
 print(client.status(uuid))
+
+The client asks the webserver once which code location and repository hold the assets, so it works the
+same against `-w workspace.yaml` (location "frd_assets"), `-m frd_assets.definitions` (location
+"frd_assets.definitions") and a Helm user deployment (location "frd-assets"); `location=` and
+`repository=` override what it finds. A dataset id is checked (`frd_assets.core.datasets`) before
+anything is sent: an id that is not a canonical lowercase UUID never becomes a partition.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from typing import Any, Sequence
 
 import requests
 
-ASSETS = ("seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter")
+from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
+
+ASSETS = ("seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter", "adapter_evaluation")
 # The assets of each job of the code location, for runs launched by job name (they carry no selection).
-JOB_ASSETS = {"prepare_dataset": ASSETS[:3], "train_adapter": ("lora_adapter",), "seed_to_adapter": ASSETS}
+JOB_ASSETS = {"prepare_dataset": ASSETS[:3], "train_adapter": ASSETS[3:], "seed_to_adapter": ASSETS}
 PARTITIONS_DEF = "dataset_uuid"
 
 ADD_PARTITION = """
@@ -47,6 +55,21 @@ mutation Launch($executionParams: ExecutionParams!) {
 }
 """
 
+CODE_LOCATION = """
+query CodeLocation($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    __typename
+    ... on AssetNode { repository { name location { name } } }
+  }
+}
+"""
+
+PERMISSIONS = """
+query Permissions { permissions { permission value } }
+"""
+# The webserver's permission behind each mutation the client sends (dagster._core.workspace.permissions).
+MUTATION_PERMISSIONS = {"addDynamicPartition": "edit_dynamic_partitions", "launchRun": "launch_pipeline_execution"}
+
 PARTITION_KEYS = """
 query Keys($assetKey: AssetKeyInput!) {
   assetNodeOrError(assetKey: $assetKey) { __typename ... on AssetNode { partitionKeys } }
@@ -54,13 +77,12 @@ query Keys($assetKey: AssetKeyInput!) {
 """
 
 STATUS = """
-query Status($uuid: String!, $tags: [ExecutionTag!]) {
+query Status($uuid: String!, $tags: [ExecutionTag!], $assetKeys: [AssetKeyInput!]) {
   runsOrError(filter: {tags: $tags}, limit: 20) {
     __typename
     ... on Runs { results { runId jobName status startTime assetSelection { path } } }
   }
-  assetNodes(assetKeys: [{path: ["seed_dataset"]}, {path: ["generated_dataset"]}, {path: ["validated_dataset"]},
-                         {path: ["lora_adapter"]}]) {
+  assetNodes(assetKeys: $assetKeys) {
     assetKey { path }
     assetMaterializations(partitions: [$uuid], limit: 1) {
       runId timestamp
@@ -85,7 +107,16 @@ def _run_assets(run: dict) -> tuple[str, ...]:
 
 
 class FrdClientError(RuntimeError):
-    """The webserver is unreachable, refused, or does not know the dataset; the message says which."""
+    """The dataset id is not one, or the webserver is unreachable, refused, or does not know the dataset;
+    the message says which."""
+
+
+def _dataset_id(value: str) -> str:
+    """The id itself, or FrdClientError naming the value: the one error type a caller of the client catches."""
+    try:
+        return check_dataset_id(value)
+    except InvalidDatasetId as exc:
+        raise FrdClientError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -104,12 +135,31 @@ class FrdClient:
         port: int = 3000,
         *,
         timeout: float = 30,
-        location: str = "frd_assets",
-        repository: str = "__repository__",
+        location: str | None = None,
+        repository: str | None = None,
     ):
+        """location, repository: the code location and repository holding the assets; found when not given."""
         self.url = f"http://{host}:{port}/graphql"
         self.timeout = timeout
-        self.repository_selector = {"repositoryLocationName": location, "repositoryName": repository}
+        self._location, self._repository = location, repository
+        self._selector: dict[str, str] | None = None
+
+    @property
+    def repository_selector(self) -> dict[str, str]:
+        """Where the assets live: asked of the webserver on first use (unless both were given), then kept."""
+        if self._selector is None:
+            location, repository = self._location, self._repository
+            if location is None or repository is None:
+                data = self._query(CODE_LOCATION, {"assetKey": {"path": [ASSETS[0]]}})["assetNodeOrError"]
+                if data["__typename"] != "AssetNode":
+                    raise FrdClientError(
+                        f"{self.url} serves no {ASSETS[0]} asset ({data['__typename']}); is frd_assets.definitions "
+                        "one of its code locations?"
+                    )
+                location = location or data["repository"]["location"]["name"]
+                repository = repository or data["repository"]["name"]
+            self._selector = {"repositoryLocationName": location, "repositoryName": repository}
+        return self._selector
 
     def _query(self, query: str, variables: dict) -> dict:
         try:
@@ -126,8 +176,26 @@ class FrdClient:
             raise FrdClientError(f"{self.url} rejected the query: {body['errors'][0].get('message')}")
         return body["data"]
 
+    def _refusal(self, mutation: str, payload: dict, what: str) -> FrdClientError:
+        """The error for a mutation the webserver did not carry out; a read-only webserver says so plainly."""
+        if payload["__typename"] == "UnauthorizedError":
+            permissions = {p["permission"]: p["value"] for p in self._query(PERMISSIONS, {})["permissions"]}
+            if permissions.get(MUTATION_PERMISSIONS[mutation]) is False:
+                return FrdClientError(
+                    f"{what} refused: the Dagster webserver at {self.url} is read-only (started with --read-only, "
+                    "like docker compose's `watch` service on port 3001); it shows runs but cannot add partitions "
+                    "or launch them. Point --host/--port at the webserver that is not read-only."
+                )
+        detail = payload.get("message") or "; ".join(e["message"] for e in payload.get("errors", []))
+        selector = self.repository_selector
+        return FrdClientError(
+            f"{what} failed ({payload['__typename']}): {detail or payload['__typename']} [code location "
+            f"{selector['repositoryLocationName']!r}, repository {selector['repositoryName']!r}]"
+        )
+
     def add_partition(self, uuid: str) -> bool:
         """Adds the dataset UUID as a partition; False when it already was one."""
+        uuid = _dataset_id(uuid)
         result = self._query(
             ADD_PARTITION,
             {"repositorySelector": self.repository_selector, "partitionsDefName": PARTITIONS_DEF, "partitionKey": uuid},
@@ -137,7 +205,7 @@ class FrdClient:
             return True
         if payload["__typename"] == "DuplicateDynamicPartitionError":
             return False
-        raise FrdClientError(f"adding partition {uuid} failed: {payload.get('message', payload['__typename'])}")
+        raise self._refusal("addDynamicPartition", payload, f"adding partition {uuid}")
 
     def partitions(self) -> list[str]:
         data = self._query(PARTITION_KEYS, {"assetKey": {"path": ["seed_dataset"]}})["assetNodeOrError"]
@@ -147,16 +215,19 @@ class FrdClient:
 
     def launch(self, uuid: str, *, assets: Sequence[str] | None = None, base_model: str | None = None) -> str:
         """Adds the partition if missing and launches the materialization; returns the run id."""
+        uuid = _dataset_id(uuid)
         assets = list(assets or ASSETS)
         unknown = [a for a in assets if a not in ASSETS]
         if unknown:
             raise FrdClientError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(ASSETS)}")
-        self.add_partition(uuid)
         run_config: dict = {}
         if base_model:
             if "lora_adapter" not in assets:
                 raise FrdClientError("--base-model applies to lora_adapter; include it in --assets")
-            run_config = {"ops": {"lora_adapter": {"config": {"base_model": base_model}}}}
+            # The evaluation compares the adapter with the base model it was trained on.
+            run_config = {"ops": {a: {"config": {"base_model": base_model}}
+                                  for a in ("lora_adapter", "adapter_evaluation") if a in assets}}
+        self.add_partition(uuid)
         params = {
             "selector": {
                 **self.repository_selector,
@@ -168,15 +239,16 @@ class FrdClient:
         }
         payload = self._query(LAUNCH_RUN, {"executionParams": params})["launchRun"]
         if payload["__typename"] != "LaunchRunSuccess":
-            detail = payload.get("message") or "; ".join(e["message"] for e in payload.get("errors", []))
-            raise FrdClientError(f"launching {', '.join(assets)} for {uuid} failed ({payload['__typename']}): {detail}")
+            raise self._refusal("launchRun", payload, f"launching {', '.join(assets)} for {uuid}")
         return payload["run"]["runId"]
 
     def status(self, uuid: str) -> list[AssetStatus]:
         """Per asset: the latest materialization of this partition, the status of its latest run, metadata."""
+        uuid = _dataset_id(uuid)
         if uuid not in set(self.partitions()):
             raise FrdClientError(f"dataset {uuid} is not a partition here; upload its seed or `frd launch {uuid}`")
-        data = self._query(STATUS, {"uuid": uuid, "tags": [{"key": "dagster/partition", "value": uuid}]})
+        data = self._query(STATUS, {"uuid": uuid, "tags": [{"key": "dagster/partition", "value": uuid}],
+                                    "assetKeys": [{"path": [a]} for a in ASSETS]})
         runs = data["runsOrError"].get("results", [])
         out = []
         for node in sorted(data["assetNodes"], key=lambda n: ASSETS.index(n["assetKey"]["path"][-1])):
