@@ -39,19 +39,31 @@ def cmd_models_prepare(args) -> int:
     return 0
 
 
-def upload_seed(path: Path, dataset_id: str | None) -> str:
-    """Checks the seed parses, then writes it as the dataset's one seed object; returns the dataset id."""
+def upload_seed(path: Path, dataset_id: str | None, eval_path: Path | None = None) -> str:
+    """Checks the seed (and evaluation set) parse, then writes them, the evaluation set first so the run the
+    seed upload starts sees it; the seed is the dataset's one seed object. Returns the dataset id."""
     from frd_assets.core.datasets import SEED_SUFFIXES, check_dataset_id
+    from frd_assets.core.evaluation import load_eval_tasks
     from frd_assets.core.records import check_seed_size, parse_seed
-    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.seeds import write_eval_set, write_seed
 
     dataset_id = check_dataset_id(dataset_id, what="--uuid") if dataset_id is not None else str(uuid_lib.uuid4())
     suffix = path.suffix if path.suffix in SEED_SUFFIXES else ".jsonl"
     check_seed_size(path.stat().st_size, str(path))  # refuse a huge file before reading it
     data = path.read_bytes()
     parse_seed(data, str(path))  # fail here, naming the line, rather than in a run later
+    eval_data = None
+    if eval_path is not None:
+        check_seed_size(eval_path.stat().st_size, str(eval_path))
+        eval_data = eval_path.read_bytes()
+        tasks, _skipped = load_eval_tasks(eval_data, str(eval_path))
+        if not tasks:
+            raise ValueError(f"{eval_path}: no task with a reference output; an evaluation set needs answers")
+    store = _store()
+    if eval_data is not None:
+        write_eval_set(store, dataset_id, eval_data)
     # Replaces the other suffix's object too: one dataset id has one seed.
-    write_seed(_store(), dataset_id, data, suffix)
+    write_seed(store, dataset_id, data, suffix)
     return dataset_id
 
 
@@ -66,7 +78,7 @@ def cmd_seed_upload(args) -> int:
     from frd_assets.core.store import StoreError
 
     try:
-        print(upload_seed(Path(args.file), args.uuid))
+        print(upload_seed(Path(args.file), args.uuid, Path(args.eval) if args.eval else None))
     # SeedFormatError and InvalidDatasetId are ValueErrors; OSError covers a missing or unreadable file;
     # StoreError a store that refuses the credentials or cannot be reached.
     except (ValueError, OSError, StoreError) as exc:
@@ -184,6 +196,53 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Base model versus base + adapter on tasks with reference answers, without Dagster: 0 report, 2 bad input."""
+    import json
+
+    from frd_assets.core.evaluation import (
+        EvaluationConfig,
+        base_model_for_adapter,
+        check_adapter_dir,
+        evaluate_adapter,
+        judge_settings_from_env,
+        load_eval_tasks,
+        make_judge,
+    )
+    from frd_assets.core.generation.openai_teacher import TeacherError
+    from frd_assets.core.models import resolve_model
+
+    # With --json, stdout holds the one JSON object; progress goes to stderr.
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    judge_settings = judge_settings_from_env()
+    judge_url = args.judge_url or judge_settings["base_url"]
+    judge_model = args.judge_model or judge_settings["model"]
+    try:
+        tasks_path = Path(args.tasks)
+        tasks, skipped = load_eval_tasks(tasks_path.read_bytes(), str(tasks_path))
+        config = EvaluationConfig(max_new_tokens=args.max_new_tokens, limit=args.limit)
+        check_adapter_dir(args.adapter)
+        base_model = args.base_model or base_model_for_adapter(args.adapter, print_fn=log)
+        resolve_model(base_model)  # ModelNotFound in seconds, before anything is loaded
+        judge = make_judge(base_url=judge_url, model=judge_model, api_key=judge_settings["api_key"])
+        report = evaluate_adapter(tasks, base_model=base_model, adapter_dir=args.adapter, config=config,
+                                  judge=judge, skipped=skipped, print_fn=log)
+    # TaskFileError, ConfigError, AdapterError and ModelNotFound are ValueErrors; OSError covers a missing or
+    # unreadable file; TeacherError a judge endpoint that refuses or cannot be reached.
+    except (OSError, ValueError, TeacherError) as exc:
+        return bad_input(exc)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=False))
+        return 0
+    print("\n".join(report.summary_lines()))  # names the judge, or says only reference metrics were computed
+    for row in report.answers[:2]:
+        print(f"\n[{row['id']}] {row['instruction']}" + (f"\n  input: {row['input']}" if row["input"] else ""))
+        print(f"  reference: {row['reference']}")
+        print(f"  base:      {row['base']}")
+        print(f"  adapter:   {row['adapter']}" + (f"\n  verdict:   {row['verdict']}" if row["verdict"] else ""))
+    return 0
+
+
 def cmd_launch(args) -> int:
     from frd_assets.client import FrdClient, FrdClientError
     from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
@@ -200,6 +259,22 @@ def cmd_launch(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def held_out_summary(meta: dict) -> str:
+    """One line of an adapter_evaluation's figures, for `frd status` and `frd demo`."""
+    line = (f"held-out ROUGE-L base {meta['rouge_l_base']:.3f} adapter {meta['rouge_l_adapter']:.3f} "
+            f"(diff {meta['rouge_l_diff']:+.3f}, 95% CI {_interval(meta.get('rouge_l_diff_ci'))}, n={meta['n']})")
+    if "win_rate" in meta:
+        line += (f"; judge win rate {meta['win_rate']:.2f} (95% Wilson {_interval(meta.get('win_rate_ci'))}, "
+                 f"position consistency {meta['position_consistency']:.2f})")
+    else:
+        line += "; no judge configured: reference metrics only"
+    return line
+
+
+def _interval(ci) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-"
 
 
 def cmd_status(args) -> int:
@@ -224,6 +299,8 @@ def cmd_status(args) -> int:
             extra = f"  verdict {s.metadata['verdict']}"
         if s.asset == "lora_adapter" and "best_eval_loss" in s.metadata:
             extra = f"  eval loss {s.metadata['best_eval_loss']:.4f}  {s.metadata.get('uri', '')}"
+        if s.asset == "adapter_evaluation" and "rouge_l_adapter" in s.metadata:
+            extra = f"  {held_out_summary(s.metadata)}"
         print(f"  {s.asset:<18} materialized {when:<19}  last run {s.run_status or '-':<9} {s.run_id or ''}{extra}")
     return 0
 
@@ -248,8 +325,12 @@ def _step_seconds(instance, run_id: str) -> dict[str, float]:
 
 
 def cmd_demo(args) -> int:
+    import json
+
     from dagster import AssetKey, DagsterInstance, materialize
 
+    from frd_assets.core import versions
+    from frd_assets.core.datasets import asset_location
     from frd_assets.core.models import prepare_default_model
     from frd_assets.core.validation import READY
     from frd_assets.definitions import ASSETS
@@ -303,8 +384,25 @@ def cmd_demo(args) -> int:
         return 1
     print(f"best hyperparameters: {adapter['best_params']}")
     print(f"eval loss: {adapter['best_eval_loss']:.4f} (base model {adapter['base_eval_loss']:.4f})")
-    print(f"adapter: {adapter['uri']}")
+    store = _store()
+    evaluation = meta("adapter_evaluation")
+    if evaluation:
+        print(held_out_summary(evaluation))
+        report = json.loads(versions.read(store, versions.current(store, *asset_location("adapter_evaluation",
+                                                                                           dataset_id)), "report.json"))
+        for i, sample in enumerate(report["samples"][:2], start=1):
+            print(f"  sample {i}: {_short(sample['instruction'])}")
+            for who in ("reference", "base", "adapter"):
+                print(f"    {who:<9} {_short(sample[who])}")
+    # The current version: adapter_evaluation republishes the adapter with the evaluation in its card.
+    current = versions.current(store, *asset_location("lora_adapter", dataset_id))
+    print(f"adapter: {store.uri(current.bucket, current.folder)}")
     return 0
+
+
+def _short(text: str, width: int = 110) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = seed.add_parser("upload", help="check a seed file and upload it to the seeds bucket; prints its UUID")
     up.add_argument("file")
     up.add_argument("--uuid", help="dataset UUID (default: a new one)")
+    up.add_argument("--eval", metavar="EVAL_FILE",
+                    help="tasks with reference outputs to evaluate the adapter on, instead of holding out "
+                    "a share of the seed (stored beside the seed as <uuid>.eval.jsonl)")
     up.set_defaults(func=cmd_seed_upload)
 
     gen = sub.add_parser("generate", help="Self-Instruct generation from a seed file to a JSONL file, resumable")
@@ -357,6 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-length", type=int, default=256)
     tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     tune.set_defaults(func=cmd_tune)
+
+    ev = sub.add_parser(
+        "evaluate", help="base model versus base + adapter on tasks with reference answers (ROUGE-L, optional judge)"
+    )
+    ev.add_argument("adapter", help="adapter folder (adapter_config.json and adapter_model.safetensors)")
+    ev.add_argument("--tasks", required=True, help="tasks with reference outputs: any seed format, JSONL or JSON array")
+    ev.add_argument("--base-model", help="model name or folder (default: the adapter's, else LORA_MODEL_NAME)")
+    ev.add_argument("--judge-url", help="OpenAI-compatible base URL of a judge (default JUDGE_BASE_URL)")
+    ev.add_argument("--judge-model", help="judge model: served at --judge-url, else local (default JUDGE_MODEL)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N tasks")
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="per answer (default 128)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    ev.set_defaults(func=cmd_evaluate)
 
     for name, helptext in (
         ("launch", "launch a materialization over the webserver's GraphQL API; prints the run id"),

@@ -75,12 +75,15 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
 
     adapter = metadata(dagster_instance, "lora_adapter")
     assert set(adapter["best_params"]) == {"rank", "lora_alpha", "learning_rate"}
-    assert adapter["uri"] == f"s3://{ADAPTERS_BUCKET}/{dataset_id}/versions/{current.version}"
-    assert adapter["version"] == current.version
+    # The version lora_adapter wrote, then the same files with the evaluation in the card (current).
+    assert adapter["uri"] == f"s3://{ADAPTERS_BUCKET}/{dataset_id}/versions/{adapter['version']}"
+    assert versions.version_ids(store, ADAPTERS_BUCKET, dataset_id) == [adapter["version"], current.version]
+    assert "## Evaluation on held-out seed tasks" in versions.read(store, current, "README.md").decode()
     assert adapter["base_eval_loss"] > 0 and adapter["best_eval_loss"] > 0
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
-    assert metadata(dagster_instance, "seed_dataset")["records"] == 14
+    assert metadata(dagster_instance, "seed_dataset")["records"] == 42
+    assert metadata(dagster_instance, "seed_dataset")["held_out"] == 8
 
     # The stored adapter loads as it lies with peft and changes the base model's output.
     import torch
@@ -112,6 +115,37 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     assert [(t["params"], t["eval_loss"]) for t in trials[:2]] == [(t["params"], t["eval_loss"]) for t in first_trials]
     checks = [e for e in again.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert [e.event_specific_data.check_name for e in checks] == ["beats_base_model"]
+
+    # The held-out evaluation of the first run: report and answers in evaluations/<uuid>, the figures in
+    # the metadata, the check at WARN by default.
+    evaluation = versions.current(store, *asset_location("adapter_evaluation", dataset_id))
+    assert sorted(evaluation.files) == ["answers.jsonl", "report.json"]
+    report = json.loads(versions.read(store, evaluation, "report.json"))
+    assert set(report) == {"n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds",
+                           "samples"}
+    assert report["n"] == 8 and report["judge"] is None and len(report["samples"]) == 8
+    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 8
+    evaluated = metadata(dagster_instance, "adapter_evaluation")
+    assert evaluated["n"] == 8 and evaluated["judge"].startswith("none")
+    first_check = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                   and e.event_specific_data.check_name == "adapter_beats_base"]
+    assert [e.event_specific_data.severity.value for e in first_check] == ["WARN"]
+
+    # Evaluated again with ERROR severity, against the adapter of the second search: the card of the
+    # current adapter version carries one evaluation section, the check its severity.
+    strict = materialize(ASSETS, partition_key=dataset_id, instance=dagster_instance,
+                         resources=build_resources(chain_env), selection=["adapter_evaluation"],
+                         run_config={"ops": {"adapter_evaluation": {"config": {"check_severity": "ERROR",
+                                                                               "max_new_tokens": 16}}}},
+                         raise_on_error=False)
+    [strict_check] = [e for e in strict.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert strict_check.event_specific_data.severity.value == "ERROR"
+    carded = versions.current(store, ADAPTERS_BUCKET, dataset_id)
+    card = versions.read(store, carded, "README.md").decode()
+    assert card.count("## Evaluation on held-out seed tasks") == 1
+    assert carded.meta["evaluation_version"] == versions.current(
+        store, *asset_location("adapter_evaluation", dataset_id)).version
+    assert carded.meta["base_model"] == chain_env["LORA_MODEL_NAME"]
 
     # Secrets never reach run config or metadata.
     run = dagster_instance.get_run_by_id(result.run_id)
@@ -159,6 +193,7 @@ def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model
     from frd_assets.core.generation.checkpoint import StoreCheckpoint
     from frd_assets.core.generation.self_instruct import GenerationConfig, generate
     from frd_assets.core.generation.teachers import TransformersTeacher
+    from frd_assets.core.held_out import HeldOutConfig, split_held_out
     from frd_assets.core.records import parse_seed
     from frd_assets.core.store import LocalStore
 
@@ -168,8 +203,10 @@ def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model
     # An earlier attempt that died after keeping 4 instructions left this checkpoint behind.
     checkpoint = StoreCheckpoint(store, *checkpoint_location(dataset_id))
     earlier = GenerationConfig(**{**GENERATION, "num_instructions": 4})
-    generate(parse_seed(sample_seed_bytes, "s"), TransformersTeacher(str(tiny_model_dir)), earlier,
-             checkpoint=checkpoint, log=lambda _: None)
+    # Made with the same tasks held out as seed_dataset holds out (the default split), as the asset would.
+    split = split_held_out(parse_seed(sample_seed_bytes, "s"), HeldOutConfig())
+    generate(split.train, TransformersTeacher(str(tiny_model_dir)), earlier, checkpoint=checkpoint,
+             held_out=split.held_out, log=lambda _: None)
     assert len(checkpoint.load()["kept"]) == 4
 
     dagster_instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])

@@ -11,16 +11,20 @@ from frd_assets.defs.config import GenerationRunConfig, ValidationRunConfig
 from frd_assets.defs.resources import StoreResource, build_resources
 
 
-def test_definitions_load_with_four_partitioned_assets_job_and_sensor():
+def test_definitions_load_with_five_partitioned_assets_job_and_sensor():
     from frd_assets.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter"}
+    assert keys == {"seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter", "adapter_evaluation"}
     graph = defs.resolve_asset_graph()
     for key in keys:
         node = graph.get(AssetKey(key))
         assert node.partitions_def.name == "dataset_uuid"
     assert graph.get(AssetKey("lora_adapter")).parent_keys == {AssetKey("validated_dataset")}
+    assert graph.get(AssetKey("adapter_evaluation")).parent_keys == {AssetKey("lora_adapter"), AssetKey("seed_dataset")}
+    train = defs.resolve_job_def("train_adapter")
+    assert {k.to_user_string() for k in train.asset_layer.executable_asset_keys} == {"lora_adapter",
+                                                                                      "adapter_evaluation"}
     assert defs.resolve_job_def("seed_to_adapter") is not None
     assert defs.resolve_sensor_def("seed_upload_sensor") is not None
 
@@ -34,6 +38,7 @@ def test_gpu_step_carries_the_gpu_queue_tag_and_others_cpu():
         "generated_dataset": "cpu",
         "validated_dataset": "cpu",
         "lora_adapter": "gpu",
+        "adapter_evaluation": "gpu",
     }
 
 

@@ -116,4 +116,7 @@ def test_cpu_and_gpu_runs_execute_on_their_own_workers(worker_env, workers, monk
                      for e in instance.all_logs(r.run_id, of_type=DagsterEventType.STEP_START)}
             print("step -> pid:", steps, "workers:", {q: p.pid for q, p in workers.items()})
             assert set(steps) == {"seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter"}
-    assert (Path(worker_env["FRD_LOCAL_STORE"]) / "lora-adapters" / dataset_id / "adapter_config.json").exists()
+    from frd_assets.core import versions
+
+    adapter = versions.current(LocalStore(worker_env["FRD_LOCAL_STORE"]), "lora-adapters", dataset_id)
+    assert "adapter_config.json" in adapter.files

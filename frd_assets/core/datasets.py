@@ -16,8 +16,10 @@ from typing import Any
 _DATASET_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 EXAMPLE_DATASET_ID = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
 
-# Seed uploads are '<id>.jsonl' or '<id>.json' in the seeds bucket; one id has one seed object.
+# Seed uploads are '<id>.jsonl' or '<id>.json' in the seeds bucket; one id has one seed object. An
+# evaluation set uploaded with it lies beside it as '<id>.eval.jsonl'.
 SEED_SUFFIXES = (".jsonl", ".json")
+EVAL_SUFFIX = ".eval.jsonl"
 # A path segment below a dataset id: letters, digits, '.', '_' and '-', never '.' or '..' alone.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -54,8 +56,8 @@ def dataset_key(dataset_id: str, *parts: str, suffix: str = "") -> str:
         if not isinstance(part, str) or not _SEGMENT.fullmatch(part) or part in (".", ".."):
             raise ValueError(f"store key segment {part!r} for dataset {key} is not a plain name")
         key = f"{key}/{part}"
-    if suffix and (parts or suffix not in SEED_SUFFIXES):
-        raise ValueError(f"suffix {suffix!r} is only for seed keys: one of {', '.join(SEED_SUFFIXES)}")
+    if suffix and (parts or suffix not in (*SEED_SUFFIXES, EVAL_SUFFIX)):
+        raise ValueError(f"suffix {suffix!r} is only for seed keys: one of {', '.join(SEED_SUFFIXES)}, {EVAL_SUFFIX}")
     return key + suffix
 
 
@@ -69,17 +71,26 @@ def seed_dataset_id(key: str) -> str | None:
 
 # Where each asset's versions live (see core/versions.py): the one mapping from asset and dataset to store.
 ADAPTER_ASSET = "lora_adapter"
+EVALUATION_ASSET = "adapter_evaluation"
 SEEDS_BUCKET = "seeds"
 DATASETS_BUCKET = "datasets"
 ADAPTERS_BUCKET = "lora-adapters"
+EVALUATIONS_BUCKET = "evaluations"
 
 
 def asset_location(asset_name: str, dataset_id: str) -> tuple[str, str]:
-    """(bucket, prefix) of an asset's versions for a dataset: adapters in lora-adapters/<id>, the rest in
-    datasets/<id>/<asset>."""
+    """(bucket, prefix) of an asset's versions for a dataset: adapters in lora-adapters/<id>, evaluations
+    in evaluations/<id>, the datasets in datasets/<id>/<asset>."""
     if asset_name == ADAPTER_ASSET:
         return ADAPTERS_BUCKET, dataset_key(dataset_id)
+    if asset_name == EVALUATION_ASSET:
+        return EVALUATIONS_BUCKET, dataset_key(dataset_id)
     return DATASETS_BUCKET, dataset_key(dataset_id, asset_name)
+
+
+def data_file_name(asset_name: str) -> str:
+    """The JSONL file of an asset's rows inside its version folder."""
+    return "answers.jsonl" if asset_name == EVALUATION_ASSET else f"{asset_name}.jsonl"
 
 
 def checkpoint_location(dataset_id: str) -> tuple[str, str]:

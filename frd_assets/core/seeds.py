@@ -7,7 +7,7 @@ one is the seed.
 
 from __future__ import annotations
 
-from frd_assets.core.datasets import SEED_SUFFIXES, check_dataset_id, dataset_key
+from frd_assets.core.datasets import EVAL_SUFFIX, SEED_SUFFIXES, check_dataset_id, dataset_key
 from frd_assets.core.records import check_seed_size
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, ObjectNotFound, Store
 
@@ -49,3 +49,22 @@ def read_seed(store: Store, dataset_id: str) -> tuple[bytes, ObjectInfo]:
         f"no seed upload for dataset {dataset_id}: expected {store.uri(SEEDS_BUCKET, seed_keys(dataset_id)[0])} "
         f"(or .json); upload it with `frd seed upload FILE --uuid {dataset_id}`"
     )
+
+
+def eval_key(dataset_id: str) -> str:
+    return dataset_key(dataset_id, suffix=EVAL_SUFFIX)
+
+
+def write_eval_set(store: Store, dataset_id: str, data: bytes) -> str:
+    """Stores an evaluation set beside the seed; seed_dataset then holds out these tasks instead of a split.
+    Written before the seed by `frd seed upload --eval`, so the run the seed upload starts sees it."""
+    key = eval_key(dataset_id)
+    store.put_bytes(SEEDS_BUCKET, key, data)
+    return key
+
+
+def read_eval_set(store: Store, dataset_id: str) -> tuple[bytes, ObjectInfo] | None:
+    try:
+        return store.get_object(SEEDS_BUCKET, eval_key(dataset_id))
+    except ObjectNotFound:
+        return None

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET
+from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, EVALUATIONS_BUCKET, SEEDS_BUCKET
 
-BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET)
+BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET, EVALUATIONS_BUCKET)
 
 
 class StoreError(RuntimeError):

@@ -1,5 +1,7 @@
 """The four assets: each reads its input, calls core, and returns the output with metadata."""
 
+import json
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -15,22 +17,41 @@ from dagster import (
 
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location, checkpoint_location
+from frd_assets.core.evaluation import JUDGE_PROMPT_VERSION, eval_tasks_from_records, evaluate_adapter, load_eval_tasks
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import generate
+from frd_assets.core.held_out import (
+    HELD_OUT,
+    TRAIN,
+    Split,
+    eval_records,
+    is_held_out,
+    mark,
+    partition,
+    split_held_out,
+)
 from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
-from frd_assets.core.seeds import read_seed
+from frd_assets.core.seeds import read_eval_set, read_seed
 from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
 from frd_assets.core.validation import READY, validate
-from frd_assets.defs.config import GenerationRunConfig, LoraRunConfig, ValidationRunConfig
+from frd_assets.defs.config import (
+    EvaluationRunConfig,
+    GenerationRunConfig,
+    LoraRunConfig,
+    SeedRunConfig,
+    ValidationRunConfig,
+)
 from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRows
 from frd_assets.defs.partitions import dataset_partitions, partition_dataset_id
-from frd_assets.defs.resources import LoraResource, StoreResource, TeacherResource
+from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource, TeacherResource
 
 CPU = {"frd/queue": "cpu"}
 GPU = {"frd/queue": "gpu"}
 READY_CHECK = "ready_for_fine_tuning"
 BEATS_BASE_CHECK = "beats_base_model"
+BEATS_BASE_ON_HELD_OUT_CHECK = "adapter_beats_base"
+EVALUATION_HEADING = "## Evaluation on held-out seed tasks"
 REPORT_FILE = "validation_report.json"
 # seed_dataset metadata naming the upload it read; the seed sensor reads them back.
 SEED_KEY, SEED_ETAG = "seed_key", "seed_etag"
@@ -47,8 +68,9 @@ def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
 
 
 @asset(partitions_def=dataset_partitions, op_tags=CPU, group_name="frd", kinds={"python"})
-def seed_dataset(context: AssetExecutionContext, store: StoreResource) -> Output[list[dict]]:
-    """The uploaded seed (seeds/<uuid>.jsonl or .json, the newest if both), parsed and normalised."""
+def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: StoreResource) -> Output[list[dict]]:
+    """The uploaded seed (seeds/<uuid>.jsonl or .json, the newest if both), parsed and normalised, with the
+    tasks held out for adapter_evaluation marked (an uploaded <uuid>.eval.jsonl, else a seeded share)."""
     uuid = partition_dataset_id(context.partition_key, asset="seed_dataset")
     s = store.get_store()
     try:
@@ -59,16 +81,21 @@ def seed_dataset(context: AssetExecutionContext, store: StoreResource) -> Output
         raise Failure(str(exc), metadata={"object": exc.object_name}, allow_retries=False) from None
     try:
         records = parse_seed(data, s.uri(SEEDS_BUCKET, info.key))
+        split, held_out_source = _held_out_split(s, uuid, records, config)
     except SeedFormatError as exc:
         raise Failure(
-            str(exc), metadata={"object": s.uri(SEEDS_BUCKET, info.key), "line": exc.line or 0}, allow_retries=False
+            str(exc), metadata={"object": exc.object_name, "line": exc.line or 0}, allow_retries=False
         ) from None
+    records = split.train + split.held_out
     rows = records_to_rows(records)
     formats = sorted({r.provenance.get("format", "") for r in records})
     return Output(
         rows,
         metadata={
             "records": len(rows),
+            "held_out": len(split.held_out),
+            "held_out_note": split.note,
+            "held_out_source": held_out_source,
             "formats": ", ".join(formats),
             "source": s.uri(SEEDS_BUCKET, info.key),
             # What the seed sensor compares with the bucket: this upload, exactly, was processed.
@@ -77,6 +104,22 @@ def seed_dataset(context: AssetExecutionContext, store: StoreResource) -> Output
             "sample": _sample_table(rows),
         },
     )
+
+
+def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split, str]:
+    """The uploaded evaluation set when there is one (all seed tasks then train), else a seeded split."""
+    uploaded = read_eval_set(s, uuid)
+    if uploaded is None:
+        return split_held_out(records, config.core()), "split"
+    data, info = uploaded
+    name = s.uri(SEEDS_BUCKET, info.key)
+    try:
+        tasks, skipped = load_eval_tasks(data, name)
+    except ValueError as exc:
+        raise SeedFormatError(name, None, str(exc)) from None
+    held = [mark(r, HELD_OUT) for r in eval_records(tasks, name)]
+    note = f"{len(held)} tasks from the uploaded evaluation set ({skipped} without a reference skipped)"
+    return Split([mark(r, TRAIN) for r in records], held, note), name
 
 
 @asset(
@@ -99,7 +142,9 @@ def generated_dataset(
     gen_config = config.core()
     model = teacher.build()
     checkpoint = StoreCheckpoint(store.get_store(), *checkpoint_location(uuid))
-    result = generate(rows_to_records(seed_dataset), model, gen_config, checkpoint=checkpoint, log=context.log.info)
+    # Held-out tasks are never shown to the teacher; they only join the novelty pool.
+    seeds, held_out = partition(rows_to_records(seed_dataset))
+    result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out, log=context.log.info)
     if not result.records:
         raise Failure(
             f"generation for dataset {uuid} kept no records after {result.rounds} rounds "
@@ -242,7 +287,7 @@ def lora_adapter(
     )
     improvement = result.base_eval_loss - result.best_eval_loss
     yield Output(
-        AdapterFolder(result.adapter_dir),
+        AdapterFolder(result.adapter_dir, meta={"base_model": base_model, "study": study}),
         metadata={
             "base_model": base_model,
             "study": study,
@@ -262,3 +307,106 @@ def lora_adapter(
         severity=AssetCheckSeverity.WARN,
         metadata={"best_eval_loss": result.best_eval_loss, "base_eval_loss": result.base_eval_loss},
     )
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    op_tags=GPU,
+    group_name="frd",
+    kinds={"pytorch"},
+    check_specs=[
+        AssetCheckSpec(
+            BEATS_BASE_ON_HELD_OUT_CHECK,
+            asset="adapter_evaluation",
+            description="On the held-out tasks the adapter's judge win rate is above 0.5 (no judge: its mean "
+            "ROUGE-L is above the base model's). WARN by default; ERROR with check_severity.",
+        )
+    ],
+    retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
+)
+def adapter_evaluation(
+    context: AssetExecutionContext,
+    config: EvaluationRunConfig,
+    judge: JudgeResource,
+    lora: LoraResource,
+    store: StoreResource,
+    seed_dataset: list[dict],
+    lora_adapter: AdapterFolder,
+):
+    """The adapter against its base model on the held-out seed tasks the teacher never saw: greedy answers
+    from one model load (peft's disable_adapter for the base pass), ROUGE-L F to the references with a
+    bootstrap interval, and a pairwise judge asked in both orders when one is configured."""
+    uuid = partition_dataset_id(context.partition_key, asset="adapter_evaluation")
+    held_out = [r for r in rows_to_records(seed_dataset) if is_held_out(r)]
+    if not held_out:
+        raise Failure(
+            f"dataset {uuid} has no held-out tasks to evaluate on (fewer than 10 seed tasks with a reference, "
+            f"or held_out_fraction 0); upload an evaluation set: `frd seed upload SEED --eval EVAL_FILE --uuid {uuid}`",
+            allow_retries=False,
+        )
+    base_model = config.base_model or lora_adapter.meta.get("base_model") or lora.base_model
+    the_judge = judge.build()
+    s = store.get_store()
+    adapter_version = lora_adapter.version
+    report = evaluate_adapter(
+        eval_tasks_from_records(held_out),
+        base_model=base_model,
+        adapter_dir=lora_adapter.path,
+        adapter_name=s.uri(adapter_version.bucket, adapter_version.folder) if adapter_version else None,
+        config=config.core(),
+        judge=the_judge,
+        print_fn=context.log.info,
+    )
+    figures = report.to_dict()
+    judged = figures["judge"]
+    yield Output(
+        DatasetOutput(
+            report.answers,
+            files={"report.json": json.dumps(figures, indent=2, sort_keys=True).encode()},
+            meta={"adapter_version": adapter_version.version if adapter_version else None,
+                  "adapter_beats_base": report.adapter_beats_base},
+        ),
+        metadata={
+            "n": report.n,
+            "base_model": base_model,
+            "judge": judged["model"] if judged else "none: reference metrics only",
+            "judge_prompt_version": JUDGE_PROMPT_VERSION if judged else "-",
+            "rouge_l_base": figures["rouge_l"]["base"],
+            "rouge_l_adapter": figures["rouge_l"]["adapter"],
+            "rouge_l_diff": figures["rouge_l"]["diff"],
+            "rouge_l_diff_ci": MetadataValue.json(figures["rouge_l"]["diff_ci"]),
+            **({"win_rate": judged["win_rate"], "win_rate_ci": MetadataValue.json(judged["win_rate_ci"]),
+                "position_consistency": judged["position_consistency"]} if judged else {}),
+            "base_words": figures["length"]["base_words"],
+            "adapter_words": figures["length"]["adapter_words"],
+            "tokens_per_second": round(report.tokens_per_second, 2),
+            "figures": MetadataValue.md(report.markdown_table()),
+            "samples": MetadataValue.md(report.samples_markdown(10)),
+        },
+    )
+    _card_with_evaluation(s, uuid, lora_adapter, report, context.log.info)
+    yield AssetCheckResult(
+        check_name=BEATS_BASE_ON_HELD_OUT_CHECK,
+        passed=report.adapter_beats_base,
+        severity=AssetCheckSeverity.ERROR if config.check_severity == "ERROR" else AssetCheckSeverity.WARN,
+        metadata={
+            "measure": "judge win rate" if judged else "mean ROUGE-L F vs base",
+            "interval_excludes_no_difference": report.interval_excludes_no_difference,
+            "n": report.n,
+        },
+    )
+
+
+def _card_with_evaluation(s, uuid: str, adapter: AdapterFolder, report, log) -> None:
+    """Publishes the adapter again, same files, with its model card extended by the evaluation: versions
+    are immutable, so the card cannot be edited in place (the previous version stays, see core/versions)."""
+    card = adapter.path / "README.md"
+    # A re-run evaluates the adapter version this function wrote: replace its section, do not add another.
+    text = (card.read_text() if card.exists() else "").split(EVALUATION_HEADING)[0]
+    card.write_text(text.rstrip() + "\n\n" + EVALUATION_HEADING + "\n\n" + report.markdown_table()
+                    + "\n\n" + report.samples_markdown(2) + "\n")
+    evaluation = versions.current(s, *asset_location("adapter_evaluation", uuid))
+    meta = {**adapter.meta, "evaluation_version": evaluation.version}
+    version = versions.publish(s, *asset_location("lora_adapter", uuid), versions.folder_files(adapter.path),
+                               meta=meta, log=log)
+    log(f"model card of {uuid} now carries the evaluation: {s.uri(version.bucket, version.folder)}")

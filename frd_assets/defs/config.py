@@ -13,17 +13,36 @@ from typing import Optional
 from dagster import Config
 from pydantic import model_validator
 
-from frd_assets.core.config_checks import Integer, check_value
+from frd_assets.core.config_checks import Integer, OneOf, check_value
+from frd_assets.core.evaluation import EvaluationConfig
 from frd_assets.core.generation.self_instruct import GenerationConfig
+from frd_assets.core.held_out import HeldOutConfig
 from frd_assets.core.lora.search import SearchSettings, SearchSpace
 from frd_assets.core.lora.trial import TrainingConfig
 from frd_assets.core.validation import ValidationConfig
 
+_HELD_OUT = HeldOutConfig()
+_EVALUATION = EvaluationConfig()
 _GENERATION = GenerationConfig()
 _VALIDATION = ValidationConfig()
 _TRAINING = TrainingConfig()
 _SPACE = SearchSpace()
 _SETTINGS = SearchSettings()
+
+
+class SeedRunConfig(Config):
+    """How seed_dataset sets tasks aside for evaluation (ignored when an evaluation set was uploaded)."""
+
+    held_out_fraction: float = _HELD_OUT.held_out_fraction
+    seed: int = _HELD_OUT.seed
+
+    @model_validator(mode="after")
+    def check_with_core(self) -> "SeedRunConfig":
+        self.core()
+        return self
+
+    def core(self) -> HeldOutConfig:
+        return HeldOutConfig(**self.model_dump())
 
 
 class GenerationRunConfig(Config):
@@ -135,3 +154,26 @@ class LoraRunConfig(Config):
             n_startup_trials=self.n_startup_trials,
             seed=self.seed,
         )
+
+
+class EvaluationRunConfig(Config):
+    """EvaluationConfig, plus the base-model override and how hard the adapter_beats_base check fails."""
+
+    base_model: Optional[str] = None  # default: the base model lora_adapter recorded in its version
+    max_new_tokens: int = _EVALUATION.max_new_tokens
+    batch_size: int = _EVALUATION.batch_size
+    bootstrap_samples: int = _EVALUATION.bootstrap_samples
+    limit: Optional[int] = _EVALUATION.limit
+    seed: int = _EVALUATION.seed
+    # WARN reports an adapter that does not help; ERROR marks the check failed so a deployment can refuse to
+    # publish it (a failed ERROR check blocks anything downstream of adapter_evaluation).
+    check_severity: str = "WARN"
+
+    @model_validator(mode="after")
+    def check_with_core(self) -> "EvaluationRunConfig":
+        self.core()
+        check_value("evaluation run config", "check_severity", self.check_severity, OneOf(("WARN", "ERROR")))
+        return self
+
+    def core(self) -> EvaluationConfig:
+        return EvaluationConfig(**self.model_dump(exclude={"base_model", "check_severity"}))

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from frd_assets.core import versions
-from frd_assets.core.datasets import ADAPTER_ASSET, InvalidDatasetId, asset_location
+from frd_assets.core.datasets import ADAPTER_ASSET, InvalidDatasetId, asset_location, data_file_name
 from frd_assets.core.records import dumps_jsonl, loads_jsonl
 from frd_assets.core.store import Store
 from frd_assets.defs.resources import StoreResource
@@ -25,6 +25,7 @@ class AdapterFolder:
     """A local folder of adapter files (adapter_config.json, adapter_model.safetensors, ...)."""
 
     path: Path
+    meta: Mapping[str, Any] = field(default_factory=dict)  # stored in the pointer (the base model, say)
     version: versions.Version | None = None  # set when loaded from the store
 
 
@@ -46,10 +47,6 @@ class DatasetRows(list):
         self.version = version
 
 
-def data_file(asset_name: str) -> str:
-    return f"{asset_name}.jsonl"
-
-
 class StoreIOManager(ConfigurableIOManager):
     store: StoreResource
 
@@ -66,7 +63,8 @@ class StoreIOManager(ConfigurableIOManager):
         bucket, prefix = self.location(name, context.asset_partition_key)
         store = self.store.get_store()
         if isinstance(obj, AdapterFolder):
-            version = versions.publish(store, bucket, prefix, versions.folder_files(obj.path), log=context.log.info)
+            version = versions.publish(store, bucket, prefix, versions.folder_files(obj.path), meta=obj.meta,
+                                       log=context.log.info)
             context.add_output_metadata({**_version_metadata(store, version),
                                          "files": MetadataValue.json(sorted(version.files))})
             return
@@ -78,7 +76,7 @@ class StoreIOManager(ConfigurableIOManager):
                 "a DatasetOutput or an AdapterFolder"
             )
         data = dumps_jsonl(obj.rows)
-        files = [(data_file(name), data), *obj.files.items()]
+        files = [(data_file_name(name), data), *obj.files.items()]
         version = versions.publish(store, bucket, prefix, files, meta=obj.meta, log=context.log.info)
         context.add_output_metadata({**_version_metadata(store, version), "rows": len(obj.rows), "bytes": len(data)})
 
@@ -89,8 +87,8 @@ class StoreIOManager(ConfigurableIOManager):
         version = versions.current(store, bucket, prefix)
         if name == ADAPTER_ASSET:
             dest = Path(tempfile.mkdtemp(prefix=f"frd-{name}-"))
-            return AdapterFolder(versions.download(store, version, dest), version)
-        key = data_file(name)
+            return AdapterFolder(versions.download(store, version, dest), dict(version.meta), version)
+        key = data_file_name(name)
         rows = loads_jsonl(versions.read(store, version, key), store.uri(bucket, version.key(key)))
         return DatasetRows(rows, version)
 

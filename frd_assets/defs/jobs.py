@@ -11,16 +11,19 @@ prepare_dataset_job = define_asset_job(
     description="Seed to validated dataset for one dataset UUID (CPU queue).",
 )
 
-# What the verdict sensor launches after a READY_FOR_FINE_TUNING verdict (GPU queue).
+GPU_ASSETS = ("lora_adapter", "adapter_evaluation")
+
+# What the verdict sensor launches after a READY_FOR_FINE_TUNING verdict (GPU queue): the adapter, then its
+# evaluation on the held-out tasks.
 train_adapter_job = define_asset_job(
     "train_adapter",
-    selection=AssetSelection.assets("lora_adapter"),
-    description="The LoRA search for one validated dataset UUID (GPU queue).",
+    selection=AssetSelection.assets(*GPU_ASSETS),
+    description="The LoRA search for one validated dataset UUID and its held-out evaluation (GPU queue).",
 )
 
 # Everything in one run, for a manual launch; routed to the GPU queue as a whole.
 seed_to_adapter_job = define_asset_job(
     "seed_to_adapter",
-    selection=AssetSelection.assets(*CPU_ASSETS, "lora_adapter"),
+    selection=AssetSelection.assets(*CPU_ASSETS, *GPU_ASSETS),
     description="Seed to LoRA adapter in one run; the adapter step is skipped when validation fails.",
 )

@@ -85,6 +85,39 @@ class TeacherResource(ConfigurableResource):
         )
 
 
+class JudgeResource(ConfigurableResource):
+    """The pairwise judge of adapter_evaluation: an OpenAI-compatible endpoint (base_url + the model it
+    serves), or a local model (model alone); neither: no judge, reference metrics only."""
+
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key: Optional[str] = None
+    batch_size: int = 8  # prompts per forward pass (local model)
+    max_concurrency: int = 4  # requests in flight (endpoint)
+    timeout: float = 120.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "JudgeResource":
+        env = os.environ if env is None else env
+        return cls(
+            base_url=env.get("JUDGE_BASE_URL") or None,
+            model=env.get("JUDGE_MODEL") or None,
+            api_key=EnvVar("JUDGE_API_KEY") if env.get("JUDGE_API_KEY") else None,
+        )
+
+    def build(self):
+        from frd_assets.core.evaluation import make_judge
+
+        return make_judge(
+            base_url=self.base_url,
+            model=self.model,
+            api_key=resolved(self.api_key),
+            batch_size=self.batch_size,
+            max_concurrency=self.max_concurrency,
+            timeout=self.timeout,
+        )
+
+
 class LoraResource(ConfigurableResource):
     """Defaults of lora_adapter: base model, trial count, where the Optuna study and trial adapters live."""
 
@@ -124,5 +157,6 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         "store": store,
         "io_manager": StoreIOManager(store=store),
         "teacher": TeacherResource.from_env(env),
+        "judge": JudgeResource.from_env(env),
         "lora": LoraResource.from_env(env),
     }

@@ -93,11 +93,15 @@ class GenerationResult:
         return self.run_tokens / self.seconds if self.seconds else 0.0
 
 
-def _fingerprint(seed_instructions: Sequence[str], teacher_name: str, config: GenerationConfig) -> str:
+def _fingerprint(seed_instructions: Sequence[str], teacher_name: str, config: GenerationConfig,
+                 held_out: Sequence[str] = ()) -> str:
     """What a checkpoint must match to be continued: the seed, the teacher and every setting but the target."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("num_instructions", "max_rounds",
                                                                      "checkpoint_every")}
-    blob = json.dumps([sorted(seed_instructions), teacher_name, settings], sort_keys=True)
+    parts = [sorted(seed_instructions), teacher_name, settings]
+    if held_out:  # a checkpoint made with other tasks held out was made with other examples
+        parts.append(sorted(held_out))
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -130,15 +134,20 @@ def generate(
     *,
     checkpoint: Checkpoint | None = None,
     embedder=None,
+    held_out: Sequence[Record] = (),
     log: Callable[[str], None] = print,
 ) -> GenerationResult:
-    """Runs the loop until num_instructions are kept or max_rounds pass; returns kept records and counts."""
+    """Runs the loop until num_instructions are kept or max_rounds pass; returns kept records and counts.
+
+    held_out: tasks set aside for evaluation. The teacher never sees them (they are no seed examples and
+    get no instance prompt), but they are in the novelty pool, so a near-copy of one is rejected."""
     filter_cfg = FilterConfig(config.min_words, config.max_words)
     seed_instructions = list(dict.fromkeys(r.instruction for r in seeds))
     if not seed_instructions:
         raise ValueError("generation needs at least one seed instruction")
+    held_instructions = [i for i in dict.fromkeys(r.instruction for r in held_out) if i not in seed_instructions]
     classification = {r.instruction for r in seeds if r.provenance.get("is_classification")}
-    fingerprint = _fingerprint(seed_instructions, teacher.name, config)
+    fingerprint = _fingerprint(seed_instructions, teacher.name, config, held_instructions)
 
     state = _State(fingerprint)
     saved = checkpoint.load() if checkpoint else None
@@ -154,13 +163,13 @@ def generate(
         if checkpoint:
             checkpoint.save(state.to_dict())
 
-    pool = NoveltyIndex(seed_instructions + state.kept)
-    seen = {s.lower() for s in seed_instructions + state.kept}
+    pool = NoveltyIndex(seed_instructions + held_instructions + state.kept)
+    seen = {s.lower() for s in seed_instructions + held_instructions + state.kept}
     semantic = None
     if config.embedding_dedup_threshold is not None:
         from frd_assets.core.generation.embeddings import EmbeddingIndex, SentenceEmbedder
 
-        semantic = EmbeddingIndex(embedder or SentenceEmbedder(), seed_instructions + state.kept)
+        semantic = EmbeddingIndex(embedder or SentenceEmbedder(), seed_instructions + held_instructions + state.kept)
     t0 = time.perf_counter()
     tokens_at_start = state.teacher_tokens
     last_saved = len(state.kept)
