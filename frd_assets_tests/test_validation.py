@@ -57,21 +57,44 @@ def test_per_record_problems_are_counted_by_reason_and_dropped():
     assert report.valid_records == 5 and len(report.valid_rows) == 5
 
 
-def test_copying_the_seeds_fails_novelty_gates():
+def test_copying_the_seeds_is_dropped_as_near_duplicate():
     copies = [{"instruction": s, "input": "", "output": "ok"} for s in SEEDS] * 2
     copies = [dict(r, input=str(i)) for i, r in enumerate(copies)]
     report = validate(copies, SEEDS, ValidationConfig())
+    assert report.verdict == DELETED and report.valid_records == 0
+    assert report.invalid_records == {"near_duplicate": 6}
+    assert report.near_duplicates["of_seed"] == 6 and report.near_duplicates["within_set"] == 0
+
+
+# near_duplicate_threshold 1.0: only identical shingle sets are near-duplicates, so records close to the seed
+# or to each other reach the corpus gates, which must still catch them.
+ONLY_IDENTICAL = {"near_duplicate_threshold": 1.0}
+
+
+def test_copying_the_seeds_fails_novelty_gates():
+    copies = [{"instruction": s, "input": "", "output": "ok"} for s in SEEDS] * 2
+    copies = [dict(r, input=str(i)) for i, r in enumerate(copies)]
+    report = validate(copies, SEEDS, ValidationConfig(**ONLY_IDENTICAL))
     assert report.verdict == DELETED
     assert {"seed_rouge_l_mean", "seed_bleu"} <= {g.name for g in report.failed_gates}
     assert gate(report, "seed_rouge_l_mean").value == pytest.approx(1.0)
 
 
+REPETITIVE = [
+    {"instruction": f"Describe the weather in the city number {i} today.", "input": "", "output": "Sunny."}
+    for i in range(10)
+]
+
+
+def test_repetitive_set_is_cut_to_its_first_record():
+    report = validate(REPETITIVE, SEEDS, ValidationConfig())
+    assert report.valid_rows == REPETITIVE[:1]  # one word apart: Jaccard 8/10, the first of the cluster stays
+    assert report.invalid_records == {"near_duplicate": 9}
+    assert report.near_duplicates["within_set"] == 9 and report.verdict == DELETED
+
+
 def test_repetitive_set_fails_diversity_gates():
-    rows = [
-        {"instruction": f"Describe the weather in the city number {i} today.", "input": "", "output": "Sunny."}
-        for i in range(10)
-    ]
-    report = validate(rows, SEEDS, ValidationConfig())
+    report = validate(REPETITIVE, SEEDS, ValidationConfig(**ONLY_IDENTICAL))
     assert report.verdict == DELETED
     assert "pairwise_rouge_l_mean" in [g.name for g in report.failed_gates]
 
@@ -88,6 +111,34 @@ def test_report_carries_signatures():
     assert gate(report, "seed_bleu").signature.startswith("nrefs:1|case:mixed")
     assert "rouge_score" in gate(report, "seed_rouge_l_mean").signature
     assert report.to_dict()["failed_gates"] == []
+    # The kept count depends on every filter, so its signature names each with its settings.
+    kept = gate(report, "valid_records").signature
+    assert "record_checks|" in kept and "decontamination|word-8-gram" in kept
+    assert "near_duplicate|minhash:datasketch-2." in kept and "jaccard>=0.7|confirmed:exact" in kept
+
+
+def test_without_judge_or_evaluation_tasks_the_report_says_so():
+    d = validate(GOOD, SEEDS, ValidationConfig()).to_dict()
+    assert d["judge"] is None and d["judge_note"].startswith("no judge given")
+    assert "judge_score_mean" not in [g["name"] for g in d["gates"]]
+    assert d["decontamination"]["eval_tasks"] == 0 and d["decontamination"]["contaminated"] == []
+    assert d["decontamination"]["note"].startswith("no evaluation tasks given")
+
+
+def test_seed_tasks_may_be_rows_records_or_instructions():
+    from frd_assets.core.records import Record
+
+    row = {"instruction": "Translate the sentence into French.", "input": "The cat sleeps on the sofa.",
+           "output": "Le chat dort sur le canapé."}
+    as_row = [{"id": "s1", **row}]
+    as_record = [Record("s1", row["instruction"], row["input"], row["output"])]
+    for seed in (as_row, as_record):
+        report = validate(GOOD + [dict(row, output="Le chat dort.")], seed, ValidationConfig())
+        assert report.invalid_records == {"near_duplicate": 1}  # an exact copy of a seed task, input included
+    # A bare instruction has no input: the same instruction with an input is another task.
+    assert validate(GOOD + [row], [row["instruction"]], ValidationConfig()).invalid_records == {}
+    with pytest.raises(TypeError, match="a seed task must be an instruction string, a Record or a row"):
+        validate(GOOD, [42], ValidationConfig())
 
 
 def test_bleu_metrics_match_sacrebleu():
@@ -124,6 +175,17 @@ BAD_CONFIG_VALUES = [
     ("min_valid_share", float("nan"), "min_valid_share must be a finite number in [0, 1], got nan"),
     ("max_self_bleu", "60", "max_self_bleu must be a finite number in [0, 100], got '60'"),
     ("max_seed_bleu", 100.5, "max_seed_bleu must be in [0, 100], got 100.5"),
+    # issue 12's fields
+    ("near_duplicate_threshold", 0, "near_duplicate_threshold must be in (0, 1], got 0"),
+    ("near_duplicate_threshold", 1.5, "near_duplicate_threshold must be in (0, 1], got 1.5"),
+    ("shingle_size", 0, "shingle_size must be in [1, 8], got 0"),
+    ("shingle_size", 2.0, "shingle_size must be an integer in [1, 8], got 2.0"),
+    ("num_perm", 8, "num_perm must be in [16, 1024], got 8"),
+    ("decontamination_ngram", 3, "decontamination_ngram must be in [4, 64], got 3"),
+    ("min_judge_score", 6, "min_judge_score must be in [1, 5], got 6"),
+    ("min_judge_score", 2.5, "min_judge_score must be an integer in [1, 5], got 2.5"),
+    ("min_judge_score_mean", 0.5, "min_judge_score_mean must be in [1, 5], got 0.5"),
+    ("min_judge_score_mean", float("inf"), "min_judge_score_mean must be a finite number in [1, 5], got inf"),
 ]
 
 

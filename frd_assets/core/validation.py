@@ -1,4 +1,17 @@
-"""The validation gate: per-record checks, corpus metrics against thresholds, and a verdict."""
+"""The validation gate: per-record checks, filters, corpus metrics against thresholds, and a verdict.
+
+Two phases. `screen_records` decides which records are kept, dropping each for its first problem in the
+order the checks cost: well-formed and not an exact repeat (`check_records`), not sharing a word n-gram
+with an evaluation task (`contaminated`), not a near-duplicate of a seed task or of an earlier kept record
+(`near_duplicate`), and, when a judge is given, not scored below `min_judge_score` (`low_judge_score`): the
+judge is the only check that costs model calls, so it sees the fewest records. Then `validate` measures
+the kept records against every gate's threshold and gives the verdict.
+
+Exact repeats within the set keep their own reason, `duplicate` (same instruction and input after case
+and surrounding space), because that check needs no tokens and so also covers text with no Latin letters
+or digits, which the ROUGE-L normalisation and hence MinHash cannot see. Exact and near copies of a seed
+task are both `near_duplicate`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +19,7 @@ import json
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -15,7 +28,13 @@ from frd_assets.core.metrics.bleu import corpus_bleu, self_bleu
 from frd_assets.core.metrics.json_checks import REQUIRED_FIELDS, record_problem
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.rouge_l import TokenEncoder, f_matrix
-from frd_assets.core.records import loads_strict_json
+from frd_assets.core.quality import decontamination, near_duplicates
+from frd_assets.core.quality.decontamination import EvalNgramIndex, EvalSource
+from frd_assets.core.quality.record_judge import RECORD_RUBRIC_VERSION, RecordScores, score_records
+from frd_assets.core.records import Record, loads_strict_json
+
+if TYPE_CHECKING:
+    from frd_assets.core.evaluation.judge import Judge
 
 READY = "READY_FOR_FINE_TUNING"
 DELETED = "DELETED"
@@ -34,6 +53,18 @@ class ValidationConfig:
     self_bleu_sample: int = 100
     max_instruction_words: int = 150
     max_output_chars: int = 8000
+    # Exact Jaccard of two records' shingle sets (instruction + input) at or above which the later record is
+    # a near-duplicate; 0.7 is Self-Instruct's ROUGE-L novelty threshold, the same notion of "too close".
+    near_duplicate_threshold: float = 0.7
+    # Words per shingle. Instructions are short (the 175 Self-Instruct seed tasks: median 11 words, 20 with
+    # input), and one changed word breaks n shingles, so larger n misses one-word variants: at 0.7 a
+    # one-word substitution is caught in 169 of 172 seed tasks with single words, 130 of 175 with word
+    # pairs, 97 of 171 with triples, while no two distinct seed tasks reach 0.7 with any of them.
+    shingle_size: int = 1
+    num_perm: int = 128  # MinHash permutations: LSH recall at the threshold grows with them, and so does cost
+    decontamination_ngram: int = 8  # a record sharing a word n-gram this long with an evaluation task is dropped
+    min_judge_score: int = 3  # records the judge scores below this (1-5 rubric) are dropped
+    min_judge_score_mean: float = 3.5  # mean judge score over the scored records
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,6 +82,17 @@ _VALIDATION_RULES = {
     "self_bleu_sample": Integer(2, 10_000),
     "max_instruction_words": Integer(1),
     "max_output_chars": Integer(1),
+    # 0 would make every pair of records duplicates.
+    "near_duplicate_threshold": Number(0, 1, low_open=True),
+    # Longer shingles than 8 words are longer than most instructions: one shingle per record, exact matching.
+    "shingle_size": Integer(1, 8),
+    # Fewer than 16 permutations leave LSH too few bands to find pairs near the threshold; more than 1024
+    # cost time for no recall worth having, since every candidate is confirmed exactly anyway.
+    "num_perm": Integer(16, 1024),
+    # Shorter n-grams are everyday phrases ("one of the"), and would mark most records contaminated.
+    "decontamination_ngram": Integer(4, 64),
+    "min_judge_score": Integer(1, 5),
+    "min_judge_score_mean": Number(1, 5),
     "seed": SEED,
 }
 
@@ -64,14 +106,25 @@ class Gate:
     signature: str = ""
 
 
+# Reasons a well-formed record is dropped, besides json_checks' per-record problems and `duplicate`.
+CONTAMINATED, NEAR_DUPLICATE, LOW_JUDGE_SCORE = "contaminated", "near_duplicate", "low_judge_score"
+NO_JUDGE_NOTE = "no judge given: records were not scored and the judge_score_mean gate is absent"
+NO_EVAL_TASKS_NOTE = "no evaluation tasks given: records were not checked for contamination"
+EXAMPLES = 5  # near-duplicate pairs shown in the report: enough to see what was dropped, not all of them
+
+
 @dataclass
 class ValidationReport:
     verdict: str
     records: int
-    valid_records: int
-    invalid_records: dict[str, int]
+    valid_records: int  # records kept: well-formed, and no filter dropped them
+    invalid_records: dict[str, int]  # records not kept, by their first reason
     gates: list[Gate]
     valid_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    near_duplicates: dict[str, Any] = field(default_factory=dict)
+    decontamination: dict[str, Any] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None  # None: no judge was given, and so no judge gate
+    judge_note: str = NO_JUDGE_NOTE
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -86,6 +139,10 @@ class ValidationReport:
             "invalid_records": dict(self.invalid_records),
             "gates": [asdict(g) for g in self.gates],
             "failed_gates": [g.name for g in self.failed_gates],
+            "near_duplicates": self.near_duplicates,
+            "decontamination": self.decontamination,
+            "judge": self.judge,
+            "judge_note": self.judge_note,
         }
 
     def to_json(self) -> str:
@@ -125,24 +182,183 @@ def _gate(name: str, value: float, threshold: float, *, at_most: bool, signature
     return Gate(name, float(value), float(threshold), bool(passed), signature)
 
 
-def check_records(rows: Sequence[Any], config: ValidationConfig) -> tuple[list[dict[str, Any]], Counter]:
-    """Keeps the records that pass every per-record check; counts the rest by their first problem."""
+def _exact_key(instruction: str, input_text: str) -> tuple[str, str]:
+    return instruction.strip().lower(), input_text.strip().lower()
+
+
+def check_records(rows: Sequence[Any], config: ValidationConfig) -> tuple[list[tuple[int, dict[str, Any]]], Counter]:
+    """(position, row) of the rows passing every per-record check, the exact-duplicate check included; the
+    rest counted by their first problem. Positions are kept so the report can point at a dropped row."""
     invalid: Counter = Counter()
-    valid: list[dict[str, Any]] = []
+    valid: list[tuple[int, dict[str, Any]]] = []
     seen: set[tuple[str, str]] = set()
-    for row in rows:
+    for i, row in enumerate(rows):
         problem = record_problem(
             row, max_instruction_words=config.max_instruction_words, max_output_chars=config.max_output_chars
         )
         if problem is None:
-            key = (row["instruction"].strip().lower(), row["input"].strip().lower())
+            key = _exact_key(row["instruction"], row["input"])
             problem = "duplicate" if key in seen else None
             seen.add(key)
         if problem:
             invalid[problem] += 1
         else:
-            valid.append(row)
+            valid.append((i, row))
     return valid, invalid
+
+
+# A seed task as validate() takes it: seed_dataset's rows, canonical Records, or bare instructions.
+SeedTask = Union[str, Record, Mapping[str, Any]]
+
+
+def _seed_text(task: SeedTask) -> tuple[str, str]:
+    """(instruction, input) of a seed task."""
+    if isinstance(task, str):
+        return task, ""
+    if isinstance(task, Record):
+        return task.instruction, task.input
+    if isinstance(task, Mapping) and isinstance(task.get("instruction"), str):
+        return task["instruction"], str(task.get("input") or "")
+    raise TypeError(
+        f"validate: a seed task must be an instruction string, a Record or a row with an 'instruction' string, "
+        f"got {type(task).__name__}; pass seed_dataset's rows as they are"
+    )
+
+
+@dataclass
+class Screening:
+    """What screen_records decided: the kept (position, row) pairs, drops by reason, and each filter's account."""
+
+    kept: list[tuple[int, dict[str, Any]]]
+    invalid: Counter
+    near_duplicates: dict[str, Any]
+    decontamination: dict[str, Any]
+    scores: RecordScores | None  # None: no judge
+    judge: dict[str, Any] | None
+    signature: str  # how the kept set was chosen: every check and filter with its settings
+
+
+def _count(invalid: Counter, reason: str, n: int) -> None:
+    if n:  # no zero entries: invalid_records lists only reasons that dropped something
+        invalid[reason] += n
+
+
+def drop_contaminated(
+    kept: list[tuple[int, dict[str, Any]]], eval_tasks: Sequence[EvalSource], config: ValidationConfig
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+    """Drops records sharing a word n-gram with an evaluation task; the account lists each with its task."""
+    n = config.decontamination_ngram
+    account: dict[str, Any] = {"ngram": n, "eval_tasks": len(eval_tasks), "contaminated": [],
+                               "signature": decontamination.signature(n, len(eval_tasks))}
+    if not eval_tasks:
+        return kept, {**account, "note": NO_EVAL_TASKS_NOTE}
+    index = EvalNgramIndex(eval_tasks, n)
+    clean = []
+    for i, row in kept:
+        hit = index.match((row["instruction"], row["input"], row["output"]))
+        if hit is None:
+            clean.append((i, row))
+            continue
+        account["contaminated"].append({
+            "row": i, "id": row.get("id"), "instruction": row["instruction"],
+            "task_id": hit.task_id, "task_instruction": hit.task_instruction, "ngram": hit.ngram,
+        })
+    return clean, account
+
+
+def drop_near_duplicates(
+    kept: list[tuple[int, dict[str, Any]]], seed: Sequence[tuple[str, str]], config: ValidationConfig
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+    """Drops exact and near copies of seed tasks, and all but the first record of each near-duplicate cluster."""
+    seed_keys = {_exact_key(ins, inp): j for j, (ins, inp) in enumerate(seed)}
+    matches: list[near_duplicates.NearDuplicate | None] = [None] * len(kept)
+    rest = []  # positions in kept that are not an exact seed copy: MinHash decides those
+    for k, (_, row) in enumerate(kept):
+        j = seed_keys.get(_exact_key(row["instruction"], row["input"]))
+        if j is None:
+            rest.append(k)
+        else:
+            matches[k] = near_duplicates.NearDuplicate(k, True, j, 1.0)
+    found = near_duplicates.find_near_duplicates(
+        [f"{kept[k][1]['instruction']}\n{kept[k][1]['input']}" for k in rest],
+        [f"{ins}\n{inp}" for ins, inp in seed],
+        threshold=config.near_duplicate_threshold, shingle_size=config.shingle_size, num_perm=config.num_perm,
+    )
+    for k, match in zip(rest, found, strict=True):
+        if match is not None:  # map positions among `rest` back to positions in kept
+            other = match.other if match.of_reference else rest[match.other]
+            matches[k] = near_duplicates.NearDuplicate(k, match.of_reference, other, match.jaccard)
+    dropped = [m for m in matches if m is not None]
+    account = {
+        "threshold": config.near_duplicate_threshold, "shingle_size": config.shingle_size,
+        "num_perm": config.num_perm,
+        "of_seed": sum(m.of_reference for m in dropped), "within_set": sum(not m.of_reference for m in dropped),
+        "examples": [_near_duplicate_example(m, kept, seed) for m in dropped[:EXAMPLES]],
+        "signature": near_duplicates.lsh_signature(threshold=config.near_duplicate_threshold,
+                                                   shingle_size=config.shingle_size, num_perm=config.num_perm),
+    }
+    return [pair for pair, m in zip(kept, matches, strict=True) if m is None], account
+
+
+def _near_duplicate_example(m, kept, seed) -> dict[str, Any]:
+    i, row = kept[m.index]
+    example = {"row": i, "instruction": row["instruction"], "input": row["input"], "jaccard": round(m.jaccard, 4)}
+    if m.of_reference:
+        return {**example, "duplicate_of": "seed", "other_instruction": seed[m.other][0],
+                "other_input": seed[m.other][1]}
+    other_i, other = kept[m.other]
+    return {**example, "duplicate_of": "row", "other_row": other_i, "other_instruction": other["instruction"],
+            "other_input": other["input"]}
+
+
+def drop_low_judge_scores(
+    kept: list[tuple[int, dict[str, Any]]], judge: Judge, config: ValidationConfig
+) -> tuple[list[tuple[int, dict[str, Any]]], RecordScores, dict[str, Any]]:
+    """Scores every kept record; drops those scored below min_judge_score and keeps the unparsable ones."""
+    scores = score_records([row for _, row in kept], judge)
+    survivors = [pair for pair, s in zip(kept, scores.scores, strict=True)
+                 if s is None or s >= config.min_judge_score]
+    account = {
+        "model": scores.judge, "rubric_version": scores.rubric_version, "temperature": 0,
+        "records_judged": len(scores.scores), "records_scored": len(scores.scored), "unparsable": scores.unparsable,
+        "distribution": scores.distribution(), "mean": scores.mean,
+        "min_judge_score": config.min_judge_score, "dropped_low_score": len(kept) - len(survivors),
+        "unparsable_examples": scores.unparsable_examples(),
+    }
+    return survivors, scores, account
+
+
+def judge_signature(scores: RecordScores) -> str:
+    return (f"judge_score|judge:{scores.judge}|rubric:{scores.rubric_version}|temperature:0"
+            f"|scored:{len(scores.scored)}|unparsable:{scores.unparsable}")
+
+
+def screen_records(
+    rows: Sequence[Any],
+    seed: Sequence[SeedTask],
+    config: ValidationConfig,
+    *,
+    eval_tasks: Sequence[EvalSource] = (),
+    judge: Judge | None = None,
+) -> Screening:
+    """Phase one of the gate: which records are kept, and why each of the others is not."""
+    seed_texts = [_seed_text(t) for t in seed]
+    kept, invalid = check_records(rows, config)
+    before = len(kept)
+    kept, contamination = drop_contaminated(kept, eval_tasks, config)
+    _count(invalid, CONTAMINATED, before - len(kept))
+    before = len(kept)
+    kept, near = drop_near_duplicates(kept, seed_texts, config)
+    _count(invalid, NEAR_DUPLICATE, before - len(kept))
+    scores = judged = None
+    if judge is not None:
+        before = len(kept)
+        kept, scores, judged = drop_low_judge_scores(kept, judge, config)
+        _count(invalid, LOW_JUDGE_SCORE, before - len(kept))
+    parts = [record_checks_signature(config), contamination["signature"], near["signature"]]
+    if scores is not None:
+        parts.append(f"{judge_signature(scores)}|min_judge_score:{config.min_judge_score}")
+    return Screening(kept, invalid, near, contamination, scores, judged, "; ".join(parts))
 
 
 def novelty_gates(
@@ -178,27 +394,51 @@ def diversity_gates(instructions: Sequence[str], config: ValidationConfig) -> li
     ]
 
 
+def judge_gate(scores: RecordScores, config: ValidationConfig) -> Gate:
+    """Mean score over the scored records, the low ones included: the mean of what survived the
+    min_judge_score cut could never fall below it. No record scored at all fails, at 0: a judge was asked
+    to vouch for the set and did not."""
+    mean = scores.mean if scores.mean is not None else 0.0
+    return _gate("judge_score_mean", mean, config.min_judge_score_mean, at_most=False,
+                 signature=judge_signature(scores))
+
+
 def validate(
     rows: Sequence[Any],
-    seed_instructions: Sequence[str],
+    seed: Sequence[SeedTask],
     config: ValidationConfig,
     *,
+    eval_tasks: Sequence[EvalSource] = (),
+    judge: Judge | None = None,
     unreadable: Counter | None = None,
 ) -> ValidationReport:
     """The gate. rows are parsed records of any shape; unreadable counts lines that did not even parse.
-    Seed gates need seed instructions and diversity gates two valid records; absent, they are not reported."""
-    valid, invalid = check_records(rows, config)
+
+    seed: the seed tasks (seed_dataset's rows, Records or bare instructions), for the novelty gates and the
+    near-duplicate check. eval_tasks: the tasks the adapter is evaluated on (held-out seed Records or
+    EvalTasks); records sharing a word n-gram with one are dropped. judge: make_judge's Judge, to score
+    each record; None leaves the judge gate out, and the report says so. Seed gates need seed tasks and
+    diversity gates two kept records; absent, they are not reported."""
+    screened = screen_records(rows, seed, config, eval_tasks=eval_tasks, judge=judge)
+    invalid = screened.invalid
     invalid.update(unreadable or {})
     n = len(rows) + sum((unreadable or {}).values())
-    checks = record_checks_signature(config)
+    kept = [row for _, row in screened.kept]
     gates = [
-        _gate("valid_records", len(valid), config.min_valid_records, at_most=False, signature=checks),
-        _gate("valid_share", len(valid) / n if n else 0.0, config.min_valid_share, at_most=False, signature=checks),
+        _gate("valid_records", len(kept), config.min_valid_records, at_most=False, signature=screened.signature),
+        _gate("valid_share", len(kept) / n if n else 0.0, config.min_valid_share, at_most=False,
+              signature=screened.signature),
     ]
-    instructions = [r["instruction"] for r in valid]
+    instructions = [r["instruction"] for r in kept]
+    seed_instructions = [_seed_text(t)[0] for t in seed]
     if instructions and seed_instructions:
         gates += novelty_gates(instructions, seed_instructions, config)
     if len(instructions) >= 2:
         gates += diversity_gates(instructions, config)
+    note = NO_JUDGE_NOTE
+    if screened.scores is not None:
+        gates.append(judge_gate(screened.scores, config))
+        note = f"scored by {screened.scores.judge} on rubric {RECORD_RUBRIC_VERSION}"
     verdict = READY if all(g.passed for g in gates) else DELETED
-    return ValidationReport(verdict, n, len(valid), dict(invalid), gates, valid)
+    return ValidationReport(verdict, n, len(kept), dict(invalid), gates, kept, screened.near_duplicates,
+                            screened.decontamination, screened.judge, note)

@@ -7,6 +7,8 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
     Backoff,
     Failure,
     MetadataValue,
@@ -31,6 +33,7 @@ from frd_assets.core.held_out import (
     split_held_out,
 )
 from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
+from frd_assets.core.quality.dataset_card import CARD_FILE, dataset_card
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
 from frd_assets.core.seeds import read_eval_set, read_seed
 from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
@@ -104,6 +107,17 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
             "sample": _sample_table(rows),
         },
     )
+
+
+def _seed_source(context: AssetExecutionContext, uuid: str) -> str:
+    """The seed object seed_dataset read for this partition, as its metadata recorded it."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("seed_dataset"), asset_partitions=[uuid]), limit=1
+    ).records
+    mat = records[0].asset_materialization if records else None
+    if mat is not None and "source" in mat.metadata:
+        return str(mat.metadata["source"].value)
+    return "the seed upload"
 
 
 def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split, str]:
@@ -188,26 +202,29 @@ def validated_dataset(
     context: AssetExecutionContext,
     config: ValidationRunConfig,
     store: StoreResource,
+    teacher: TeacherResource,
+    judge: JudgeResource,
     seed_dataset: list[dict],
     generated_dataset: list[dict],
 ):
-    """The gate: per-record checks, ROUGE-L and BLEU against thresholds, verdict READY_FOR_FINE_TUNING or DELETED.
+    """The gate: per-record checks, decontamination against the held-out tasks, MinHash near-duplicates,
+    judge scores when a judge is configured, ROUGE-L and BLEU gates; verdict READY_FOR_FINE_TUNING or DELETED.
 
-    The kept rows, the report and the verdict are one version in the store (DatasetOutput), so no reader
-    sees a verdict from one run beside rows from another; DELETED also removes the generated data, after
-    the verdict is stored."""
+    The kept rows, the report, the dataset card and the verdict are one version in the store
+    (DatasetOutput), so no reader sees a verdict from one run beside rows from another; DELETED also
+    removes the generated data, after the verdict is stored."""
     uuid = partition_dataset_id(context.partition_key, asset="validated_dataset")
-    report = validate(
-        generated_dataset, [r["instruction"] for r in seed_dataset], config.core()
-    )
+    _seeds, held_out = partition(rows_to_records(seed_dataset))
+    report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build())
     summary = report.to_dict()
+    card = dataset_card(report, dataset_id=uuid, seed_name=_seed_source(context, uuid), teacher_name=teacher.model)
     ready = report.verdict == READY
     gates = {g.name: MetadataValue.float(float(g.value)) for g in report.gates}
     # Dagster stores this output before the generator resumes, so the deletion below follows the verdict.
     yield Output(
         DatasetOutput(
             report.valid_rows if ready else [],
-            files={REPORT_FILE: report.to_json().encode()},
+            files={REPORT_FILE: report.to_json().encode(), CARD_FILE: card.encode()},
             meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"]},
         ),
         metadata={
@@ -215,6 +232,9 @@ def validated_dataset(
             "records": report.records,
             "valid_records": report.valid_records,
             "invalid_records": MetadataValue.json(report.invalid_records),
+            "contaminated": MetadataValue.json(summary["decontamination"]),
+            "near_duplicates": MetadataValue.json(summary["near_duplicates"]),
+            "judge_scores": MetadataValue.json(summary["judge"]) if summary["judge"] else summary["judge_note"],
             "failed_gates": MetadataValue.json(summary["failed_gates"]),
             "report": MetadataValue.json(summary),
             **{f"gate/{k}": v for k, v in gates.items()},
