@@ -1,15 +1,33 @@
 import json
 import math
+import random
+from pathlib import Path
 
 import optuna
 import pytest
 import torch
 
-from frd_assets.core.lora.data import IGNORE_INDEX, prompt_text, split_records, tokenize_record
+from frd_assets.core.config_checks import ConfigError
+from frd_assets.core.lora.data import (
+    IGNORE_INDEX,
+    Example,
+    batches,
+    collate,
+    length_grouped_batches,
+    padded_share,
+    prompt_text,
+    split_records,
+    tokenize_record,
+)
 from frd_assets.core.lora.search import SearchSpace, run_search
 from frd_assets.core.lora.trial import LoraHyperparams, Pruned, TrainingConfig, evaluate_loss, run_trial
 from frd_assets.core.models import load_causal_lm, load_tokenizer
-from frd_assets.core.records import Record
+from frd_assets.core.records import Record, parse_seed
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_SEED = REPO / "frd_assets" / "data" / "sample_seed.jsonl"
+# What "all-linear" means on a Llama: every projection of attention and MLP; never lm_head or embeddings.
+LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 RECORDS = [
     Record(
@@ -145,9 +163,12 @@ def test_search_picks_the_best_trial_resumes_and_its_adapter_reloads(tiny_model_
         "adapter_model.safetensors",
         "trials.json",
     ]
-    assert len(json.loads((out / "trials.json").read_text())) == 3
+    rows = json.loads((out / "trials.json").read_text())
+    assert len(rows) == 3
+    assert all(r["target_modules"] == "all-linear" and r["adapted_modules"] == LLAMA_LINEAR for r in rows)
     card = (out / "README.md").read_text()
     assert f"{second.best_eval_loss:.4f}" in card and f"{second.base_eval_loss:.4f}" in card
+    assert f"| target_modules | all-linear ({', '.join(LLAMA_LINEAR)}) |" in card
 
     from peft import PeftModel
 
@@ -156,3 +177,124 @@ def test_search_picks_the_best_trial_resumes_and_its_adapter_reloads(tiny_model_
     examples = [tokenize_record(tokenizer, r, max_length=256) for r in evals]
     reloaded = evaluate_loss(model, examples, batch_size=4, pad_id=tokenizer.pad_token_id)
     assert reloaded == pytest.approx(second.best_eval_loss, abs=1e-4)
+
+
+# ---- target modules -----------------------------------------------------------------------------------------
+
+
+def _saved_target_kinds(adapter_dir: Path) -> list[str]:
+    """The module kinds in the adapter_config.json peft wrote (it stores one full path per layer)."""
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())["target_modules"]
+    return sorted({name.rsplit(".", 1)[-1] for name in saved})
+
+
+def test_a_trial_adapts_every_linear_layer_by_default(tiny_model_dir, tokenizer, data, tmp_path):
+    assert TrainingConfig().target_modules == "all-linear"
+    result = run_trial(
+        load_causal_lm(str(tiny_model_dir)), *data, LoraHyperparams(4, 8, 1e-3), TrainingConfig(epochs=1),
+        pad_id=tokenizer.pad_token_id, save_dir=tmp_path / "adapter", print_fn=lambda _: None,
+    )
+    assert result.status == "ok"
+    assert _saved_target_kinds(tmp_path / "adapter") == LLAMA_LINEAR  # lm_head and embed_tokens left alone
+    assert result.target_modules == "all-linear" and result.adapted_modules == LLAMA_LINEAR
+    assert result.to_dict()["adapted_modules"] == LLAMA_LINEAR  # what the search stores per trial
+
+
+def test_target_modules_stays_a_setting(tiny_model_dir, tokenizer, data, tmp_path):
+    config = TrainingConfig(epochs=1, target_modules=["q_proj", "v_proj"])
+    assert config.target_modules == ("q_proj", "v_proj")  # a tuple, so the frozen config stays hashable
+    result = run_trial(
+        load_causal_lm(str(tiny_model_dir)), *data, LoraHyperparams(4, 8, 1e-3), config,
+        pad_id=tokenizer.pad_token_id, save_dir=tmp_path / "adapter", print_fn=lambda _: None,
+    )
+    assert _saved_target_kinds(tmp_path / "adapter") == ["q_proj", "v_proj"]
+    assert result.target_modules == ["q_proj", "v_proj"] and result.adapted_modules == ["q_proj", "v_proj"]
+    assert TrainingConfig(target_modules=None).target_modules is None  # peft's per-architecture default
+    # A list-typed launchpad field can carry the shorthand; peft would read ["all-linear"] as a module name.
+    assert TrainingConfig(target_modules=["all-linear"]).target_modules == "all-linear"
+
+
+@pytest.mark.parametrize("value", ["q_proj", "all_linear", [], [""], 3])
+def test_target_modules_refuses_anything_else_naming_the_choices(value):
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig(target_modules=value)
+    assert str(err.value) == (
+        'training config: target_modules must be "all-linear", a non-empty list of module names such as '
+        f'["q_proj", "v_proj"], or null, got {value!r}'
+    )
+
+
+def test_all_linear_mixed_with_module_names_is_refused():
+    with pytest.raises(ConfigError, match='target_modules must be "all-linear" alone or module names without it'):
+        TrainingConfig(target_modules=["all-linear", "lm_head"])
+
+
+# ---- length-grouped batches ---------------------------------------------------------------------------------
+
+
+def test_length_grouped_batches_keep_every_example_once_and_change_across_epochs():
+    rng = random.Random(7)
+    lengths = [rng.randint(10, 300) for _ in range(103)]
+    epochs = [length_grouped_batches(lengths, 4, seed=s) for s in range(3)]
+    for groups in epochs:
+        assert sorted(i for g in groups for i in g) == list(range(103))
+        assert sorted(len(g) for g in groups) == [3] + [4] * 25  # as many steps as before: ceil(103 / 4)
+        assert max(lengths) in [lengths[i] for i in groups[0]]  # the longest batch first: OOM shows at once
+    assert epochs[0] != epochs[1] != epochs[2]  # still random from epoch to epoch
+    assert epochs[0] == length_grouped_batches(lengths, 4, seed=0)  # and seeded
+    # Sorted within groups of 50 batches: far less padding than an unsorted split of the same shuffle.
+    shuffled = list(range(103))
+    random.Random(0).shuffle(shuffled)
+    unsorted = [shuffled[k : k + 4] for k in range(0, 103, 4)]
+    assert padded_share(lengths, epochs[0]) < padded_share(lengths, unsorted) / 5
+
+
+def test_evaluation_batches_are_sorted_and_deterministic():
+    lengths = [5, 9, 1, 7, 3]
+    assert length_grouped_batches(lengths, 2, seed=None) == [[1, 3], [0, 4], [2]]
+    assert length_grouped_batches([], 2, seed=None) == [] and length_grouped_batches([], 2, seed=3) == []
+
+
+def test_grouping_by_length_pads_less_on_the_sample_seed(tokenizer):
+    records = parse_seed(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")
+    lengths = [len(tokenize_record(tokenizer, r, max_length=256).input_ids) for r in records]
+    order = list(range(len(lengths)))
+    random.Random(0).shuffle(order)
+    before = padded_share(lengths, [order[k : k + 4] for k in range(0, len(order), 4)])  # the old batches
+    after = padded_share(lengths, length_grouped_batches(lengths, 4, seed=0))
+    assert after < before / 2, (before, after)
+
+
+def _old_evaluate_loss(model, examples, *, batch_size, pad_id) -> float:
+    """evaluate_loss as it was before length grouping: batches in the split's order, the same collate."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size], pad_id)
+            n_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += float(model(**batch).loss) * n_tokens
+            count += n_tokens
+    return total / count
+
+
+def test_eval_loss_is_the_same_figure_as_before_length_grouping(tiny_model_dir, tokenizer):
+    records = parse_seed(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")
+    examples = [tokenize_record(tokenizer, r, max_length=256) for r in records]
+    model = load_causal_lm(str(tiny_model_dir))
+    model.eval()
+    pad = tokenizer.pad_token_id
+    before = _old_evaluate_loss(model, examples, batch_size=4, pad_id=pad)
+    assert evaluate_loss(model, examples, batch_size=4, pad_id=pad) == pytest.approx(before, abs=1e-5)
+    # and the figure does not hang on the batch size either: one example at a time gives it too
+    assert evaluate_loss(model, examples, batch_size=1, pad_id=pad) == pytest.approx(before, abs=1e-5)
+
+
+def test_batches_hold_each_example_once_with_its_own_labels():
+    examples = [Example(list(range(1, n + 1)), [IGNORE_INDEX] + list(range(2, n + 1))) for n in (3, 8, 5, 2, 6)]
+    seen = []
+    for batch in batches(examples, 2, pad_id=0, shuffle_seed=1):
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+            n = int(mask.sum())
+            assert ids[:n].tolist() == list(range(1, n + 1)) and labels[n:].eq(IGNORE_INDEX).all()
+            seen.append(n)
+    assert sorted(seen) == [2, 3, 5, 6, 8]

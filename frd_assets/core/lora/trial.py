@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
-from frd_assets.core.config_checks import SEED, Integer, Names, Number, check_fields
+from frd_assets.core.config_checks import SEED, Integer, Names, Number, _Refused, check_fields
 from frd_assets.core.lora.data import Example, batches
 
 
@@ -31,6 +31,33 @@ _HYPERPARAM_RULES = {
 }
 
 
+ALL_LINEAR = "all-linear"  # peft's name for every linear layer except the output layer
+
+
+@dataclass(frozen=True)
+class _TargetModules:
+    """peft's "all-linear", a non-empty list of module names (stored as a tuple), or None.
+
+    ["all-linear"] is taken as "all-linear": a launchpad field typed as a list of names can carry it, and
+    peft would read it as a module called "all-linear" and find none. Mixed with other names it is refused.
+    """
+
+    allowed = f'"{ALL_LINEAR}", a non-empty list of module names such as ["q_proj", "v_proj"], or null'
+
+    def check(self, value):
+        if value == ALL_LINEAR:
+            return value
+        try:
+            names = Names('["q_proj", "v_proj"]', optional=True).check(value)
+        except _Refused:
+            raise _Refused(self.allowed) from None
+        if names is not None and ALL_LINEAR in names:
+            if len(names) > 1:
+                raise _Refused(f'"{ALL_LINEAR}" alone or module names without it')
+            return ALL_LINEAR
+        return names
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 2
@@ -39,7 +66,10 @@ class TrainingConfig:
     eval_fraction: float = 0.2
     evals_per_trial: int = 2  # eval-loss reports per trial, which the pruner reads
     lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
+    # Which layers get LoRA: "all-linear" (every linear layer but the output head; QLoRA, Dettmers et al.
+    # 2023, found that needed to match full fine-tuning), a list of module names such as ["q_proj",
+    # "v_proj"], or None for peft's per-architecture default (q_proj and v_proj on Llama).
+    target_modules: str | tuple[str, ...] | None = ALL_LINEAR
     weight_decay: float = 0.0
     seed: int = 0
 
@@ -54,7 +84,7 @@ _TRAINING_RULES = {
     "eval_fraction": Number(0, 1, low_open=True, high_open=True),  # each split needs at least one record
     "evals_per_trial": Integer(1, 1000),
     "lora_dropout": Number(0, 1, high_open=True),
-    "target_modules": Names('["q_proj", "v_proj"]', optional=True),
+    "target_modules": _TargetModules(),
     "weight_decay": Number(0, 1),
     "seed": SEED,
 }
@@ -69,6 +99,8 @@ class TrialResult:
     seconds: float = 0.0
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     error: str = ""
+    target_modules: str | list[str] | None = None  # the setting, as TrainingConfig had it
+    adapted_modules: list[str] = field(default_factory=list)  # what peft made of it: module names, sorted
 
     @property
     def tokens_per_second(self) -> float:
@@ -79,7 +111,11 @@ class TrialResult:
 
 
 def evaluate_loss(model, examples: Sequence[Example], *, batch_size: int, pad_id: int) -> float:
-    """Mean cross-entropy per response token over the whole eval split."""
+    """Mean cross-entropy per response token over the whole eval split.
+
+    Each batch's mean is weighted by its response tokens, so the figure does not depend on how the split
+    is cut into batches (length-sorted here, to pad less): only float rounding differs.
+    """
     import torch
 
     model.eval()
@@ -96,6 +132,18 @@ def evaluate_loss(model, examples: Sequence[Example], *, batch_size: int, pad_id
             count += n_tokens
     model.train()
     return total / count if count else float("nan")
+
+
+def _peft_target_modules(setting: str | tuple[str, ...] | None) -> str | list[str] | None:
+    return list(setting) if isinstance(setting, tuple) else setting
+
+
+def adapted_module_names(peft_model) -> list[str]:
+    """The kinds of module LoRA was put on (q_proj, down_proj, ...), sorted: peft expands "all-linear" into
+    every matching module's full path, one per layer, which says the same thing forty times."""
+    expanded = peft_model.peft_config[peft_model.active_adapter].target_modules
+    names = [expanded] if isinstance(expanded, str) else list(expanded or ())
+    return sorted({name.rsplit(".", 1)[-1] for name in names})
 
 
 class Pruned(Exception):
@@ -125,7 +173,7 @@ def run_trial(
         r=hp.rank,
         lora_alpha=hp.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules) if config.target_modules else None,
+        target_modules=_peft_target_modules(config.target_modules),
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base_model, lora_config)
@@ -135,7 +183,12 @@ def run_trial(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     eval_every = max(1, total_steps // config.evals_per_trial)
-    result = TrialResult(status="ok", eval_loss=None)
+    result = TrialResult(
+        status="ok",
+        eval_loss=None,
+        target_modules=_peft_target_modules(config.target_modules),
+        adapted_modules=adapted_module_names(model),
+    )
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     t0 = time.perf_counter()
     try:
