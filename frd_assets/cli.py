@@ -129,13 +129,27 @@ def format_report(report, source: str) -> str:
     invalid = report.records - report.valid_records
     lines = [
         f"{source}: {report.verdict}",
-        f"records: {report.records}, valid: {report.valid_records}, invalid: {invalid}",
+        f"records: {report.records}, kept: {report.valid_records}, dropped: {invalid}",
     ]
     for reason, count in sorted(report.invalid_records.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {reason}: {count}")
     lines.append("gates:")
     for g in report.gates:
         lines.append(f"  {'pass' if g.passed else 'FAIL'}  {g.name} = {g.value:.4g} (threshold {g.threshold:g})")
+    decon = report.decontamination
+    if decon.get("eval_tasks"):
+        lines.append(f"decontamination: {len(decon['contaminated'])} records share a word {decon['ngram']}-gram "
+                     f"with the {decon['eval_tasks']} evaluation tasks")
+        lines += [f"  {_short(c['instruction'], 60)!r} ~ task {c['task_id']}: {_short(c['task_instruction'], 60)!r}"
+                  for c in decon["contaminated"][:10]]
+    else:
+        lines.append(f"decontamination: {decon.get('note', 'not run')} (give --decontaminate FILE)")
+    if report.judge is None:
+        lines.append(f"judge: {report.judge_note} (give --judge-model, or JUDGE_MODEL)")
+    else:
+        j = report.judge
+        dist = ", ".join(f"{k}: {v}" for k, v in j["distribution"].items())
+        lines.append(f"judge: {j['model']}, {j['records_scored']} of {j['records_judged']} scored ({dist})")
     return "\n".join(lines)
 
 
@@ -144,17 +158,28 @@ def cmd_validate(args) -> int:
     import json
 
     from frd_assets.core.config_checks import config_from_json
-    from frd_assets.core.records import parse_seed
+    from frd_assets.core.evaluation import judge_settings_from_env, load_eval_tasks, make_judge
+    from frd_assets.core.generation.openai_teacher import TeacherError
+    from frd_assets.core.records import check_seed_size, parse_seed
     from frd_assets.core.validation import READY, ValidationConfig, read_records, validate
 
+    judge_settings = judge_settings_from_env()
     try:
         data = Path(args.data).read_bytes()
         seeds = parse_seed(Path(args.seed).read_bytes(), args.seed) if args.seed else []
         config = config_from_json(ValidationConfig, args.config or "{}", source="--config")
-    except (OSError, ValueError) as exc:  # SeedFormatError and ConfigError are ValueErrors
+        eval_tasks = []
+        for name in args.decontaminate or []:
+            check_seed_size(Path(name).stat().st_size, name)  # refuse a huge file before reading it
+            eval_tasks += load_eval_tasks(Path(name).read_bytes(), name)[0]
+        judge = make_judge(base_url=args.judge_url or judge_settings["base_url"],
+                           model=args.judge_model or judge_settings["model"], api_key=judge_settings["api_key"])
+        rows, unreadable = read_records(data)
+        report = validate(rows, seeds, config, eval_tasks=eval_tasks, judge=judge, unreadable=unreadable)
+    # SeedFormatError, TaskFileError, ConfigError and ModelNotFound are ValueErrors; OSError covers a missing or
+    # unreadable file; TeacherError a judge endpoint that refuses or cannot be reached.
+    except (OSError, ValueError, TeacherError) as exc:
         return bad_input(exc)
-    rows, unreadable = read_records(data)
-    report = validate(rows, [s.instruction for s in seeds], config, unreadable=unreadable)
     print(json.dumps(report.to_dict(), sort_keys=True) if args.json else format_report(report, args.data))
     return 0 if report.verdict == READY else EXIT_DELETED
 
@@ -240,6 +265,25 @@ def cmd_evaluate(args) -> int:
         print(f"  reference: {row['reference']}")
         print(f"  base:      {row['base']}")
         print(f"  adapter:   {row['adapter']}" + (f"\n  verdict:   {row['verdict']}" if row["verdict"] else ""))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """A merged model from an adapter, without Dagster: 0 written and checked, 1 check failed, 2 bad input."""
+    from frd_assets.core.lora.export import MergeMismatch, export_merged
+
+    try:
+        result = export_merged(args.adapter, Path(args.out), base_model=args.base_model, n_prompts=args.prompts,
+                               max_new_tokens=args.max_new_tokens)
+    # AdapterError, ModelNotFound and ConfigError (--prompts) are ValueErrors; OSError a folder that cannot
+    # be read or written.
+    except (OSError, ValueError) as exc:
+        return bad_input(exc)
+    except MergeMismatch as exc:  # the merged model was not published: nothing lies at --out
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 1
+    print(result.check.summary())
+    print(f"merged model: {result.out_dir}")
     return 0
 
 
@@ -443,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--seed", help="the seed file, for the novelty gates")
     val.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     val.add_argument("--config", help="JSON object of thresholds, e.g. '{\"max_self_bleu\": 50}'")
+    val.add_argument("--decontaminate", action="append", metavar="FILE",
+                     help="evaluation tasks (any seed format); records sharing a word n-gram with one are dropped "
+                     "(repeatable)")
+    val.add_argument("--judge-url", help="OpenAI-compatible base URL of a judge (default JUDGE_BASE_URL)")
+    val.add_argument("--judge-model", help="judge model: served at --judge-url, else local (default JUDGE_MODEL)")
     val.set_defaults(func=cmd_validate)
 
     tune = sub.add_parser("tune", help="Optuna LoRA search on a JSONL file; re-run the same command to continue it")
@@ -471,6 +520,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128, help="per answer (default 128)")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     ev.set_defaults(func=cmd_evaluate)
+
+    exp = sub.add_parser(
+        "export", help="merge an adapter into its base model and save it, checked against the adapter's greedy outputs"
+    )
+    exp.add_argument("adapter", help="adapter folder (adapter_config.json and adapter_model.safetensors)")
+    exp.add_argument("--merge", action="store_true", required=True,
+                     help="merge the LoRA weights into the base model's (the one export there is)")
+    exp.add_argument("--out", required=True, help="new folder for the merged model and its tokenizer")
+    exp.add_argument("--base-model", help="model name or folder (default: the adapter's, else LORA_MODEL_NAME)")
+    exp.add_argument("--prompts", type=int, default=20,
+                     help="sample-seed instructions whose greedy outputs must match the adapter's (default 20)")
+    exp.add_argument("--max-new-tokens", type=int, default=32, help="per output compared (default 32)")
+    exp.set_defaults(func=cmd_export)
 
     for name, helptext in (
         ("launch", "launch a materialization over the webserver's GraphQL API; prints the run id"),

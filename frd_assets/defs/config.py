@@ -81,6 +81,12 @@ class ValidationRunConfig(Config):
     self_bleu_sample: int = _VALIDATION.self_bleu_sample
     max_instruction_words: int = _VALIDATION.max_instruction_words
     max_output_chars: int = _VALIDATION.max_output_chars
+    near_duplicate_threshold: float = _VALIDATION.near_duplicate_threshold
+    shingle_size: int = _VALIDATION.shingle_size
+    num_perm: int = _VALIDATION.num_perm
+    decontamination_ngram: int = _VALIDATION.decontamination_ngram
+    min_judge_score: int = _VALIDATION.min_judge_score
+    min_judge_score_mean: float = _VALIDATION.min_judge_score_mean
     seed: int = _VALIDATION.seed
 
     @model_validator(mode="after")
@@ -103,7 +109,9 @@ class LoraRunConfig(Config):
     eval_fraction: float = _TRAINING.eval_fraction
     evals_per_trial: int = _TRAINING.evals_per_trial
     lora_dropout: float = _TRAINING.lora_dropout
-    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
+    # ["all-linear"] (the default, every linear layer but the output head), module names, or null for
+    # peft's per-architecture default (q_proj and v_proj on Llama).
+    target_modules: Optional[list[str]] = ["all-linear"]
     weight_decay: float = _TRAINING.weight_decay
     rank_min: int = _SPACE.rank_min
     rank_max: int = _SPACE.rank_max
