@@ -256,6 +256,10 @@ def trial_table(study) -> list[dict]:
                 "steps": t.user_attrs.get("steps"),
                 "seconds": t.user_attrs.get("seconds"),
                 "tokens_per_second": t.user_attrs.get("tokens_per_second"),
+                # The setting ("all-linear" or names) and the module kinds peft put LoRA on; None for
+                # trials run before they were recorded.
+                "target_modules": t.user_attrs.get("target_modules"),
+                "adapted_modules": t.user_attrs.get("adapted_modules"),
             }
         )
     return rows
@@ -289,6 +293,7 @@ def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:
 
 def model_card(result: SearchResult) -> str:
     params = "\n".join(f"| {k} | {v} |" for k, v in result.best_params.items())
+    params += f"\n| target_modules | {_target_modules_line(_best_row(result))} |"
     delta = result.base_eval_loss - result.best_eval_loss
     return f"""---
 library_name: peft
@@ -318,3 +323,20 @@ from transformers import AutoModelForCausalLM
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("<base model>"), "<this folder>")
 ```
 """
+
+
+def _best_row(result: SearchResult) -> dict:
+    """The trial table's row of the best trial: the first complete one with the best eval loss."""
+    return next(
+        (r for r in result.trials if r["state"] == "COMPLETE" and r["eval_loss"] == result.best_eval_loss), {}
+    )
+
+
+def _target_modules_line(row: dict) -> str:
+    setting, adapted = row.get("target_modules"), row.get("adapted_modules")
+    if setting is None and not adapted:
+        return "not recorded"
+    shown = "peft's default for the architecture" if setting is None else (
+        setting if isinstance(setting, str) else ", ".join(setting)
+    )
+    return f"{shown} ({', '.join(adapted)})" if adapted and shown != ", ".join(adapted) else shown
