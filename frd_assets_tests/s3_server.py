@@ -133,5 +133,36 @@ def kill_s3_server(server: S3Server) -> None:
 
 
 def restart_s3_server(server: S3Server) -> S3Server:
-    """The same server again: same data folder, ports and credentials."""
-    return start_s3_server(server.data_dir, server.access_key, server.secret_key, ports=server.ports)
+    """The same server again: same data folder, ports and credentials.
+
+    Listing buckets answers as soon as the filer is up, but reading an object also needs the volume server to
+    have re-registered with the master; until then GetObject fails with InternalError (seen in CI). So the
+    restart is ready only once one stored object in every bucket reads back.
+    """
+    restarted = start_s3_server(server.data_dir, server.access_key, server.secret_key, ports=server.ports)
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=restarted.endpoint,
+        aws_access_key_id=restarted.access_key,
+        aws_secret_access_key=restarted.secret_key,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+    )
+    deadline = time.monotonic() + 60
+    for bucket in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        while True:
+            try:
+                listed = client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+                if listed:
+                    client.get_object(Bucket=bucket, Key=listed[0]["Key"])["Body"].read()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    stop_s3_server(restarted)
+                    raise RuntimeError(f"S3 server restarted but objects in {bucket} are not readable after 60 s; "
+                                       f"see {server.data_dir / 'weed.log'}") from None
+                time.sleep(0.3)
+    return restarted
