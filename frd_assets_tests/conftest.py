@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from frd_assets.core.threads import THREADS_ENV, available_cores
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite runs one test at a time, so its in-process runs may use every core. Unset, the first asset to
+# run would set a run's share (half the cores on a CPU-only machine, core/threads.py) in os.environ, and
+# every later test and the processes it starts would inherit that.
+os.environ.setdefault(THREADS_ENV, str(available_cores()))
 
 
 @pytest.fixture(scope="session")

@@ -298,3 +298,25 @@ def test_batches_hold_each_example_once_with_its_own_labels():
             assert ids[:n].tolist() == list(range(1, n + 1)) and labels[n:].eq(IGNORE_INDEX).all()
             seen.append(n)
     assert sorted(seen) == [2, 3, 5, 6, 8]
+
+
+def test_the_study_name_changes_with_the_data_version_and_config_and_only_then():
+    from dataclasses import asdict
+
+    from frd_assets.core.lora.search import SearchSpace, study_name_for
+    from frd_assets.core.lora.trial import TrainingConfig
+
+    uuid = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
+
+    def name(version: str, training: TrainingConfig = TrainingConfig()) -> str:
+        return study_name_for(uuid, "HuggingFaceTB/SmolLM2-135M-Instruct",
+                              inputs={"data_version": version, "training": asdict(training),
+                                      "space": asdict(SearchSpace())})
+
+    # A retry of the same materialization continues its study...
+    assert name("20261129T000000Z-aaaa") == name("20261129T000000Z-aaaa")
+    assert name("20261129T000000Z-aaaa").startswith(f"frd-{uuid}-SmolLM2-135M-Instruct-")
+    # ...new validated data, or another training config, starts a new one (never the old data's best trial).
+    assert name("20261129T000000Z-aaaa") != name("20261130T000000Z-bbbb")
+    assert name("20261129T000000Z-aaaa") != name("20261129T000000Z-aaaa", TrainingConfig(weight_decay=0.1))
+    assert study_name_for(uuid, "m") == f"frd-{uuid}-m"  # `frd tune` names its study by the data file

@@ -1,4 +1,5 @@
-"""`frd tune`: killed with SIGKILL after its first trial, the same command continues the same study."""
+"""`frd tune`: killed with SIGKILL after its first trial (its trial worker with it), the same command continues
+the same study."""
 
 import json
 import os
@@ -34,8 +35,8 @@ def test_killed_tune_continues_the_study_without_repeating_trials(tmp_path, tiny
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     db = tmp_path / "optuna.db"
     cmd = [sys.executable, "-m", "frd_assets.cli", "tune", str(data), "--base-model", str(tiny_model_dir),
-           "--trials", "4", "--storage", f"sqlite:///{db}", "--study", "resume-test", "--out", str(tmp_path / "out"),
-           "--work-dir", str(tmp_path / "work"), "--epochs", "4", "--batch-size", "2", "--pruner", "none"]
+           "--trials", "3", "--storage", f"sqlite:///{db}", "--study", "resume-test", "--out", str(tmp_path / "out"),
+           "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--batch-size", "2", "--pruner", "none"]
 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -43,7 +44,7 @@ def test_killed_tune_continues_the_study_without_repeating_trials(tmp_path, tiny
         assert proc.poll() is None, "frd tune ended before its first trial completed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the search and the worker process of its next trial
     proc.wait()
     first = optuna.load_study(study_name="resume-test", storage=f"sqlite:///{db}").trials[0]
     assert first.state == optuna.trial.TrialState.COMPLETE
@@ -52,9 +53,9 @@ def test_killed_tune_continues_the_study_without_repeating_trials(tmp_path, tiny
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="resume-test", storage=f"sqlite:///{db}").trials
     states = [t.state for t in trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     lost = [t for t in trials if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)]
-    assert len(lost) <= 1
+    assert len(lost) <= 1  # at most the trial the killed worker was training
     assert trials[0].params == first.params and trials[0].value == first.value
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sum(t.params == first.params for t in complete) == 1  # the finished trial was not run again

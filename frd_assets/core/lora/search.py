@@ -1,7 +1,9 @@
-"""Optuna TPE search over LoRA rank, lora_alpha and learning rate; the best adapter goes to a folder."""
+"""Optuna TPE search over LoRA rank, lora_alpha and learning rate, each trial in its own worker process
+(worker.py), n_workers at once on one study in RDB storage; the best adapter goes to a folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -9,12 +11,15 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
-from frd_assets.core.lora.data import split_records, tokenize_record
-from frd_assets.core.lora.trial import LoraHyperparams, Pruned, TrainingConfig, evaluate_loss, run_trial
+from frd_assets.core.lora.data import Example, split_records, tokenize_record
+from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, evaluate_loss
 from frd_assets.core.records import Record
+
+if TYPE_CHECKING:  # worker.py imports this module: the search reaches it only inside run_search
+    from frd_assets.core.lora.worker import TrialWorkers
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class SearchSettings:
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
     grace_period: int = 30  # a RUNNING trial silent this long is failed (its process died) and retried once
     seed: int = 0
+    # Trial processes at once; every trial runs in a fresh process. With GPUs, worker i gets GPU i mod count
+    # (so: one per GPU); on CPU each gets an even share of the thread budget (FRD_TORCH_THREADS).
+    n_workers: int = 1
 
     def __post_init__(self) -> None:
         check_fields(self, "search settings", _SETTINGS_RULES)
@@ -80,13 +88,22 @@ class SearchSettings:
             return optuna.pruners.HyperbandPruner()
         return optuna.pruners.NopPruner()
 
-    def make_sampler(self, n_trials: int):
+    def make_sampler(self, n_trials: int, *, seed: int | None = None):
+        """TPE seeded with `seed` (default self.seed): each trial process gets its own, or every fresh
+        process would draw the same random start points."""
         import optuna
 
         # TPE samples at random for n_startup_trials (10 by default): scale it down so a short search is
         # still Bayesian after its first few trials.
         startup = self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, n_trials // 3))
-        return optuna.samplers.TPESampler(multivariate=True, seed=self.seed, n_startup_trials=startup)
+        return optuna.samplers.TPESampler(
+            multivariate=True,
+            seed=self.seed if seed is None else seed,
+            n_startup_trials=startup,
+            # With trials running side by side, count the running ones as bad results so that the workers
+            # do not all sample next to the same promising point (Optuna's advice for parallel TPE).
+            constant_liar=self.n_workers > 1,
+        )
 
 
 _SETTINGS_RULES = {
@@ -96,6 +113,7 @@ _SETTINGS_RULES = {
     "heartbeat_interval": Integer(1),
     "grace_period": Integer(1),
     "seed": SEED,
+    "n_workers": Integer(1, 1024),
 }
 
 
@@ -112,21 +130,51 @@ class SearchResult:
     eval_records: int
 
 
-def study_name_for(dataset_id: str, base_model: str) -> str:
-    return f"frd-{dataset_id}-{re.sub(r'[^A-Za-z0-9._-]+', '_', base_model.rstrip('/').split('/')[-1])}"
+def study_name_for(dataset_id: str, base_model: str, *, inputs: Mapping[str, Any] | None = None) -> str:
+    """The study of a dataset and base model; with `inputs` (what makes two trials comparable: the data
+    version, the training config, the search space), a short hash of them too. A retry or a re-launch with
+    the same inputs continues its study; new data or a changed config starts a fresh one, instead of
+    returning the best adapter of trials that were trained on other data."""
+    name = f"frd-{dataset_id}-{re.sub(r'[^A-Za-z0-9._-]+', '_', base_model.rstrip('/').split('/')[-1])}"
+    if inputs:
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        name = f"{name}-{digest[:12]}"
+    return name
 
 
-def _storage(url: str, settings: SearchSettings):
+def study_storage(url: str, settings: SearchSettings):
+    """The study's RDB storage, shared by the search and every trial worker."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Several trial processes write one SQLite file: wait up to a minute for its lock instead of failing
+        # with "database is locked" at once, and let readers go on while one writes (WAL).
+        engine_kwargs["connect_args"] = {"timeout": 60}
+        _use_wal(url)
     # Heartbeats mark a trial whose process died as failed; the callback queues it again once.
     return RDBStorage(
         url,
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=settings.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        engine_kwargs={"pool_pre_ping": True},
+        engine_kwargs=engine_kwargs,
     )
+
+
+def _use_wal(url: str) -> None:
+    """Switches an SQLite file to write-ahead logging; the mode is kept in the file, so this runs once."""
+    import sqlite3
+    from contextlib import closing
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(database, timeout=60)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def run_search(
@@ -141,13 +189,19 @@ def run_search(
     training: TrainingConfig | None = None,
     space: SearchSpace | None = None,
     settings: SearchSettings | None = None,
+    workers: TrialWorkers | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> SearchResult:
-    """Runs (or continues) the study until it holds n_trials finished trials; writes the best adapter to out_dir."""
-    import optuna
-    import torch
+    """Runs (or continues) the study until it holds n_trials finished trials; writes the best adapter to out_dir.
 
-    from frd_assets.core.models import load_causal_lm, load_tokenizer, pick_device
+    Every trial runs in its own process (see worker.py): settings.n_workers at once, started as local
+    processes, or by `workers` (KubernetesWorkers: pods). This process only prepares the data, measures the
+    base model once per study, and copies the best trial's adapter when the study is done.
+    """
+    import optuna
+
+    from frd_assets.core.lora.worker import SearchJob, run_pool
+    from frd_assets.core.models import load_tokenizer
 
     training = training or TrainingConfig()
     space = space or SearchSpace()
@@ -162,60 +216,42 @@ def run_search(
     train = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in train_records]
     evals = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in eval_records]
     pad_id = tokenizer.pad_token_id
-    model = load_causal_lm(base_model, device=pick_device())
-    base_eval_loss = evaluate_loss(model, evals, batch_size=training.batch_size, pad_id=pad_id)
-    print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
 
     study = optuna.create_study(
         study_name=study_name,
-        storage=_storage(storage_url, settings),
+        storage=study_storage(storage_url, settings),
         sampler=settings.make_sampler(n_trials),
         pruner=settings.make_pruner(),
         direction="minimize",
         load_if_exists=True,
     )
     study.set_user_attr("base_model", base_model)
-    study.set_user_attr("base_eval_loss", base_eval_loss)
-    work_dir.mkdir(parents=True, exist_ok=True)
-
-    def objective(trial: optuna.Trial) -> float:
-        hp = space.suggest(trial)
-        save_dir = work_dir / f"trial-{trial.number}"
-        print_fn(
-            f"trial {trial.number}: rank={hp.rank} lora_alpha={hp.lora_alpha} learning_rate={hp.learning_rate:.2e}"
-        )
-
-        def report(step: int, loss: float) -> None:
-            trial.report(loss, step)
-            if trial.should_prune():
-                raise Pruned()
-
-        result = run_trial(
-            model, train, evals, hp, training, pad_id=pad_id, report=report, save_dir=save_dir, print_fn=print_fn
-        )
-        for key, value in result.to_dict().items():
-            if key != "eval_history":
-                trial.set_user_attr(key, value)
-        trial.set_user_attr("adapter_dir", str(save_dir))
-        print_fn(
-            f"trial {trial.number}: {result.status}, eval loss {result.eval_loss}, "
-            f"{result.tokens_per_second:.0f} train tok/s"
-        )
-        if result.status == "pruned":
-            raise optuna.TrialPruned()
-        if result.status != "ok" or result.eval_loss is None or not torch.isfinite(torch.tensor(result.eval_loss)):
-            raise RuntimeError(f"trial {trial.number} {result.status}: {result.error or 'non-finite eval loss'}")
-        return result.eval_loss
+    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=training.batch_size, pad_id=pad_id)
+    print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
-    remaining = n_trials - done
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(RuntimeError,), gc_after_trial=True)
+    if done < n_trials:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        job = SearchJob(
+            study_name=study_name, base_model=base_model, n_trials=n_trials, work_dir=str(work_dir.resolve()),
+            pad_id=pad_id, training=training, space=space, settings=settings, train=tuple(train), evals=tuple(evals),
+        )
+        spec = work_dir / "search.json"
+        job.write(spec)
+        if workers is None:
+            run_pool(spec, job, storage_url=storage_url, n_workers=settings.n_workers, print_fn=print_fn)
+        else:
+            workers.run_trials(spec, job, storage_url=storage_url, print_fn=print_fn)
     else:
         print_fn(f"study {study_name} already holds {done} finished trials")
 
-    best = study.best_trial
+    try:
+        best = study.best_trial
+    except ValueError:  # no COMPLETE trial: every one failed or was pruned
+        raise RuntimeError(
+            f"study {study_name} has no completed trial; see the trial workers' log lines above for why"
+        ) from None
     best_dir = Path(best.user_attrs.get("adapter_dir", ""))
     if not (best_dir / "adapter_config.json").exists():
         raise RuntimeError(
@@ -236,6 +272,31 @@ def run_search(
     )
     _write_adapter(best_dir, out_dir, result)
     return result
+
+
+def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_size: int, pad_id: int) -> float:
+    """The base model's eval loss, kept in the study: a resumed search need not load the model here at all,
+    and the trial workers never share a device with a model this process still holds."""
+    import gc
+
+    import torch
+
+    from frd_assets.core.models import load_causal_lm, pick_device
+
+    # Keyed by model and eval tokens: a study continued on other data or another split measures again.
+    key = hashlib.sha256(json.dumps([base_model, [e.input_ids for e in evals]]).encode()).hexdigest()[:16]
+    attrs = study.user_attrs
+    if attrs.get("base_eval_key") == key and attrs.get("base_eval_loss") is not None:
+        return float(attrs["base_eval_loss"])
+    model = load_causal_lm(base_model, device=pick_device())
+    loss = evaluate_loss(model, evals, batch_size=batch_size, pad_id=pad_id)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    study.set_user_attr("base_eval_loss", loss)
+    study.set_user_attr("base_eval_key", key)
+    return loss
 
 
 def trial_table(study) -> list[dict]:
@@ -291,6 +352,23 @@ def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:
     (out_dir / "README.md").write_text(model_card(result))
 
 
+def _best_row(result: SearchResult) -> dict:
+    """The trial table's row of the best trial: the first complete one with the best eval loss."""
+    return next(
+        (r for r in result.trials if r["state"] == "COMPLETE" and r["eval_loss"] == result.best_eval_loss), {}
+    )
+
+
+def _target_modules_line(row: dict) -> str:
+    setting, adapted = row.get("target_modules"), row.get("adapted_modules")
+    if setting is None and not adapted:
+        return "not recorded"
+    shown = "peft's default for the architecture" if setting is None else (
+        setting if isinstance(setting, str) else ", ".join(setting)
+    )
+    return f"{shown} ({', '.join(adapted)})" if adapted and shown != ", ".join(adapted) else shown
+
+
 def model_card(result: SearchResult) -> str:
     params = "\n".join(f"| {k} | {v} |" for k, v in result.best_params.items())
     params += f"\n| target_modules | {_target_modules_line(_best_row(result))} |"
@@ -323,20 +401,3 @@ from transformers import AutoModelForCausalLM
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("<base model>"), "<this folder>")
 ```
 """
-
-
-def _best_row(result: SearchResult) -> dict:
-    """The trial table's row of the best trial: the first complete one with the best eval loss."""
-    return next(
-        (r for r in result.trials if r["state"] == "COMPLETE" and r["eval_loss"] == result.best_eval_loss), {}
-    )
-
-
-def _target_modules_line(row: dict) -> str:
-    setting, adapted = row.get("target_modules"), row.get("adapted_modules")
-    if setting is None and not adapted:
-        return "not recorded"
-    shown = "peft's default for the architecture" if setting is None else (
-        setting if isinstance(setting, str) else ", ".join(setting)
-    )
-    return f"{shown} ({', '.join(adapted)})" if adapted and shown != ", ".join(adapted) else shown
