@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test dev bench clean
+.PHONY: install demo test dev bench dashboard clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 dev: install
 	mkdir -p .dagster_home && cp -n dagster.yaml .dagster_home/ 2>/dev/null || true
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+# optuna-dashboard on the study storage lora_adapter and `frd tune` use: http://127.0.0.1:8080
+dashboard: install
+	$(BIN)/frd dashboard
 
 clean:
 	rm -rf $(VENV) .cache .frd-store .dagster_home

@@ -3,7 +3,8 @@
 Both walk the same candidates in order and keep one when its highest ROUGE-L F against the pool (seed
 instructions plus everything kept so far) is at most 0.7, as Stanford Alpaca's generate_instruction.py
 does. The baseline is that code's inner loop (pre-tokenised, `rouge_scorer._score_lcs` per pair) in a
-single process. Prints both times, the speedup and whether every keep/reject decision is the same.
+single process. Prints both times, the speedup and whether every keep/reject decision is the same, and ends
+with one line holding a JSON object of the figures.
 
 Run: .venv/bin/python -m benchmarks.novelty_filter [--n 5000]
 """
@@ -11,6 +12,7 @@ Run: .venv/bin/python -m benchmarks.novelty_filter [--n 5000]
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from rouge_score import rouge_scorer
@@ -66,6 +68,12 @@ def main() -> None:
     print(f"baseline (rouge-score loop):   {t_theirs:8.3f} s")
     print(f"speedup: {t_theirs / t_ours:.1f}x")
     print(f"identical decisions: {ours == theirs}")
+    print(json.dumps({
+        "benchmark": "novelty_filter", "candidates": len(candidates), "seed_instructions": len(seeds),
+        "threshold": THRESHOLD, "kept": sum(ours), "rejected": len(ours) - sum(ours),
+        "project_seconds": round(t_ours, 4), "baseline_seconds": round(t_theirs, 4),
+        "speedup": round(t_theirs / t_ours, 1), "identical_decisions": ours == theirs,
+    }))
 
 
 if __name__ == "__main__":

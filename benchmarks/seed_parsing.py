@@ -58,6 +58,7 @@ def main() -> None:
     print(f"ratio array/jsonl: {ratio:.2f}x (target within {TARGET_RATIO:g}x: {verdict})")
     print(f"identical records (line numbers shifted by the array's '['): {same}")
     print(json.dumps({
+        "benchmark": "seed_parsing",
         "tasks": args.n,
         "jsonl_bytes": len(jsonl),
         "array_bytes": len(array),
@@ -69,7 +70,7 @@ def main() -> None:
         "records_jsonl": len(from_jsonl),
         "records_array": len(from_array),
         "identical_records": same,
-    }, sort_keys=True))
+    }))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Same model (the prepared SmolLM2-135M-Instruct unless --model), same 8 Self-Instruct prompts, greedy
 decoding and the same token budget, in one process; prints generated tokens per second for both and the
-ratio. Goal: at least 3x on 2 CPU cores.
+ratio, and ends with one line holding a JSON object of the figures. Goal: at least 3x on 2 CPU cores.
 
 Run: .venv/bin/python -m benchmarks.teacher_throughput [--model NAME_OR_PATH] [--max-new-tokens 64]
 """
@@ -10,6 +10,7 @@ Run: .venv/bin/python -m benchmarks.teacher_throughput [--model NAME_OR_PATH] [-
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from importlib import resources
@@ -48,7 +49,15 @@ def main() -> None:
     print(f"model: {teacher.name}; 8 prompts, up to {args.max_new_tokens} new tokens each, greedy")
     print(f"one at a time: {n1} tokens in {s1:.1f} s = {n1 / s1:.1f} tok/s")
     print(f"batched (8):   {n8} tokens in {s8:.1f} s = {n8 / s8:.1f} tok/s")
-    print(f"ratio: {(n8 / s8) / (n1 / s1):.2f}x")
+    ratio = (n8 / s8) / (n1 / s1)
+    print(f"ratio: {ratio:.2f}x")
+    print(json.dumps({
+        "benchmark": "teacher_throughput", "model": teacher.name, "prompts": len(items),
+        "max_new_tokens": args.max_new_tokens,
+        "one_at_a_time": {"tokens": n1, "seconds": round(s1, 2), "tokens_per_second": round(n1 / s1, 2)},
+        "batched_8": {"tokens": n8, "seconds": round(s8, 2), "tokens_per_second": round(n8 / s8, 2)},
+        "ratio": round(ratio, 2),
+    }))
 
 
 if __name__ == "__main__":

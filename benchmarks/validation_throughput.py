@@ -125,7 +125,8 @@ def main() -> None:
           f"(MinHash, LSH, exact Jaccard): {near['step']:,.0f} records/s, on {near['records']} records")
     print(f"per-record max ROUGE-L identical on the baseline's {len(theirs)} valid records: {identical}")
     print(json.dumps({
-        "records": len(rows), "seed_instructions": len(seeds), "eval_tasks": len(eval_tasks),
+        "benchmark": "validation_throughput", "records": len(rows), "seed_instructions": len(seeds),
+        "eval_tasks": len(eval_tasks),
         "project_seconds": round(t_project, 3), "project_records_per_s": round(ours_rps, 1),
         "baseline_records": len(prefix), "baseline_records_per_s": round(theirs_rps, 1),
         "ratio": round(ours_rps / theirs_rps, 1), "minhash_records_per_s": round(near["minhash"], 1),
@@ -133,7 +134,7 @@ def main() -> None:
         "num_perm": config.num_perm, "near_duplicate": report.invalid_records.get("near_duplicate", 0),
         "contaminated": report.invalid_records.get("contaminated", 0), "verdict": report.verdict,
         "rouge_l_identical": identical,
-    }, sort_keys=False))
+    }))
 
 
 if __name__ == "__main__":

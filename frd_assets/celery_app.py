@@ -7,20 +7,20 @@ The run launcher (frd_assets.launchers.CeleryQueueRunLauncher) builds the same a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from dagster_celery.config import DEFAULT_CONFIG
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
+from frd_assets.core.settings import service_settings
+
 QUEUES = {"cpu": "cpu_queue", "gpu": "gpu_queue"}
 
 
 def broker_url(env: Mapping[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    host, port, db = env.get("REDIS_HOST", "localhost"), env.get("REDIS_PORT", "6379"), env.get("REDIS_DB", "0")
-    return f"redis://{host}:{port}/{db}"
+    """redis://REDIS_HOST:REDIS_PORT/REDIS_DB (core/settings.py)."""
+    return service_settings(env).redis_url
 
 
 def app_args(default_queue: str, broker: str | None = None) -> dict:

@@ -11,14 +11,16 @@ import uuid as uuid_lib
 from importlib import resources
 from pathlib import Path
 
+from frd_assets.core import names
+
 EXIT_BAD_INPUT = 2
 EXIT_DELETED = 3
 
 
 def _store():
-    from frd_assets.defs.resources import StoreResource
+    from frd_assets.core.store import open_store
 
-    return StoreResource.from_env().get_store()
+    return open_store()
 
 
 def ensure_dagster_home() -> Path:
@@ -90,9 +92,10 @@ def cmd_generate(args) -> int:
     """Self-Instruct generation on local files, without Dagster; resumable through its checkpoint file."""
     from frd_assets.core.generation.checkpoint import StoreCheckpoint
     from frd_assets.core.generation.self_instruct import GenerationConfig, generate
+    from frd_assets.core.generation.teachers import make_teacher
     from frd_assets.core.records import dumps_jsonl, parse_seed, records_to_rows
+    from frd_assets.core.settings import secret, teacher_settings
     from frd_assets.core.store import LocalStore
-    from frd_assets.defs.resources import TeacherResource
 
     seed_path, out = Path(args.seed), Path(args.out)
     try:
@@ -107,12 +110,17 @@ def cmd_generate(args) -> int:
         )
     except (ValueError, OSError) as exc:  # SeedFormatError and ConfigError are ValueErrors
         return bad_input(exc)
-    teacher_settings = TeacherResource.from_env()
-    overrides = {k: v for k, v in (("model", args.teacher_model), ("base_url", args.teacher_url)) if v}
-    if args.teacher_url:
-        overrides["backend"] = "openai"
     try:
-        teacher = teacher_settings.model_copy(update=overrides).build()
+        s = teacher_settings()
+        teacher = make_teacher(
+            backend="openai" if args.teacher_url else s.backend,
+            model=args.teacher_model or s.model,
+            base_url=args.teacher_url or s.base_url,
+            api_key=secret(s.api_key_var),
+            batch_size=s.batch_size,
+            max_concurrency=s.max_concurrency,
+            timeout=s.timeout,
+        )
     except ValueError as exc:  # ModelNotFound: a teacher model that is not there, or pickle-only
         return bad_input(exc)
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.json")
@@ -187,19 +195,24 @@ def cmd_validate(args) -> int:
 def cmd_tune(args) -> int:
     """The LoRA search on a local JSONL file, without Dagster; re-running the same command continues it."""
     from frd_assets.core.lora.search import SearchSettings, run_search, study_name_for
+    from frd_assets.core.lora.study_storage import study_storage_url
     from frd_assets.core.lora.trial import TrainingConfig
     from frd_assets.core.models import resolve_model
     from frd_assets.core.records import Record, loads_jsonl
-    from frd_assets.defs.resources import LoraResource
+    from frd_assets.core.settings import default_trials_dir, lora_settings
+    from frd_assets.core.threads import apply_thread_budget, thread_budget
 
     data, out = Path(args.data), Path(args.out)
-    defaults = LoraResource.from_env()
-    base_model = args.base_model or defaults.base_model
     try:
+        defaults = lora_settings()  # the LORA_* defaults lora_adapter's resource reads too
+        base_model = args.base_model or defaults.base_model
+        # FRD_TORCH_THREADS, default every core (a command has the machine to itself), split between workers.
+        apply_thread_budget(thread_budget())
         rows = loads_jsonl(data.read_bytes(), str(data))
         records = [Record.from_dict({"id": f"line-{i}", **row}) for i, row in enumerate(rows, start=1)]
         training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
-        settings = SearchSettings(pruner=args.pruner)
+        n_workers = defaults.n_workers if args.workers is None else args.workers
+        settings = SearchSettings(pruner=args.pruner, n_workers=n_workers)
         resolve_model(base_model)  # ModelNotFound in seconds, before the study and the data are touched
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return bad_input(exc)
@@ -208,9 +221,9 @@ def cmd_tune(args) -> int:
         records,
         base_model=base_model,
         n_trials=args.trials or defaults.n_trials,
-        storage_url=args.storage or defaults.storage_url(),
+        storage_url=args.storage or study_storage_url(),
         study_name=study,
-        work_dir=Path(args.work_dir) if args.work_dir else defaults.trials_dir() / study,
+        work_dir=Path(args.work_dir) if args.work_dir else (defaults.trials_dir or default_trials_dir()) / study,
         out_dir=out,
         training=training,
         settings=settings,
@@ -287,6 +300,42 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    """optuna-dashboard on the study storage lora_adapter and `frd tune` use, without Dagster; Ctrl-C stops it."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    import optuna_dashboard
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from frd_assets.core.lora.study_storage import hide_password, redacted, study_storage_url
+
+    class ThreadingServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # the page fetches several API routes at once; Ctrl-C must not wait for them
+
+    url = args.storage or study_storage_url()
+    try:
+        # RDBStorage, not optuna-dashboard's own guess from the URL: that one skips creating the tables, so a
+        # storage no search has written to yet fails on every page instead of showing no studies.
+        sqlite = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True, **sqlite})
+        server = make_server(args.host, args.port, optuna_dashboard.wsgi(storage), server_class=ThreadingServer)
+    # SQLAlchemyError: a URL that does not parse or a database that refuses; ImportError a missing driver;
+    # RuntimeError a schema of another Optuna version; OSError a port in use. The message may quote the URL.
+    except (SQLAlchemyError, ImportError, RuntimeError, ValueError, OSError) as exc:
+        return bad_input(ValueError(f"optuna-dashboard on {redacted(url)}: {hide_password(str(exc), url)}"))
+    print(f"optuna-dashboard on http://{args.host}:{server.server_port}/ for the studies in {redacted(url)}; "
+          "Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_launch(args) -> int:
     from frd_assets.client import FrdClient, FrdClientError
     from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
@@ -339,11 +388,11 @@ def cmd_status(args) -> int:
             else "never"
         )
         extra = ""
-        if s.asset == "validated_dataset" and "verdict" in s.metadata:
+        if s.asset == names.VALIDATED_DATASET and "verdict" in s.metadata:
             extra = f"  verdict {s.metadata['verdict']}"
-        if s.asset == "lora_adapter" and "best_eval_loss" in s.metadata:
+        if s.asset == names.LORA_ADAPTER and "best_eval_loss" in s.metadata:
             extra = f"  eval loss {s.metadata['best_eval_loss']:.4f}  {s.metadata.get('uri', '')}"
-        if s.asset == "adapter_evaluation" and "rouge_l_adapter" in s.metadata:
+        if s.asset == names.ADAPTER_EVALUATION and "rouge_l_adapter" in s.metadata:
             extra = f"  {held_out_summary(s.metadata)}"
         print(f"  {s.asset:<18} materialized {when:<19}  last run {s.run_status or '-':<9} {s.run_id or ''}{extra}")
     return 0
@@ -376,12 +425,15 @@ def cmd_demo(args) -> int:
     from frd_assets.core import versions
     from frd_assets.core.datasets import asset_location
     from frd_assets.core.models import prepare_default_model
+    from frd_assets.core.threads import THREADS_ENV, available_cores
     from frd_assets.core.validation import READY
-    from frd_assets.definitions import ASSETS
+    from frd_assets.definitions import ASSETS, build_resources
     from frd_assets.defs.partitions import dataset_partitions
-    from frd_assets.defs.resources import build_resources
 
     home = ensure_dagster_home()
+    # The demo is the only run on this machine: its steps may use every core (a run of the embedded instance
+    # otherwise takes its share, since another queue's run may be beside it; core/threads.py).
+    os.environ.setdefault(THREADS_ENV, str(available_cores()))
     prepare_default_model()
     seed_file = resources.files("frd_assets") / "data" / "sample_seed.jsonl"
     with resources.as_file(seed_file) as path:
@@ -393,8 +445,8 @@ def cmd_demo(args) -> int:
         # Progress lines (generation rounds, trials) without Dagster's per-event debug chatter.
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
         "ops": {
-            "generated_dataset": {"config": {"num_instructions": args.instructions}},
-            "lora_adapter": {"config": {"n_trials": args.trials}},
+            names.GENERATED_DATASET: {"config": {"num_instructions": args.instructions}},
+            names.LORA_ADAPTER: {"config": {"n_trials": args.trials}},
         },
     }
     t0 = time.perf_counter()
@@ -416,30 +468,30 @@ def cmd_demo(args) -> int:
         mat = event.asset_materialization if event else None
         return {k: v.value for k, v in mat.metadata.items()} if mat and mat.partition == dataset_id else {}
 
-    validated = meta("validated_dataset")
+    validated = meta(names.VALIDATED_DATASET)
     verdict = validated.get("verdict")
     print(f"verdict: {verdict}" + (f" (failed gates: {validated.get('failed_gates')})" if verdict != READY else ""))
     if verdict != READY:
         print("adapter: none")
         return EXIT_DELETED
-    adapter = meta("lora_adapter")
+    adapter = meta(names.LORA_ADAPTER)
     if not result.success or not adapter:
         print("error: the run failed; open the run in the Dagster UI (`make dev`) to see why", file=sys.stderr)
         return 1
     print(f"best hyperparameters: {adapter['best_params']}")
     print(f"eval loss: {adapter['best_eval_loss']:.4f} (base model {adapter['base_eval_loss']:.4f})")
     store = _store()
-    evaluation = meta("adapter_evaluation")
+    evaluation = meta(names.ADAPTER_EVALUATION)
     if evaluation:
         print(held_out_summary(evaluation))
-        report = json.loads(versions.read(store, versions.current(store, *asset_location("adapter_evaluation",
+        report = json.loads(versions.read(store, versions.current(store, *asset_location(names.ADAPTER_EVALUATION,
                                                                                            dataset_id)), "report.json"))
         for i, sample in enumerate(report["samples"][:2], start=1):
             print(f"  sample {i}: {_short(sample['instruction'])}")
             for who in ("reference", "base", "adapter"):
                 print(f"    {who:<9} {_short(sample[who])}")
     # The current version: adapter_evaluation republishes the adapter with the evaluation in its card.
-    current = versions.current(store, *asset_location("lora_adapter", dataset_id))
+    current = versions.current(store, *asset_location(names.LORA_ADAPTER, dataset_id))
     print(f"adapter: {store.uri(current.bucket, current.folder)}")
     return 0
 
@@ -450,6 +502,10 @@ def _short(text: str, width: int = 110) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from frd_assets.core.settings import DEFAULT_N_TRIALS, lora_settings, service_settings
+
+    # Defaults shown in --help come from the environment (core/settings.py), like the platform's own.
+    service, lora = service_settings(), lora_settings()
     parser = argparse.ArgumentParser(prog="frd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -506,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, default=4)
     tune.add_argument("--max-length", type=int, default=256)
     tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    tune.add_argument("--workers", type=int,
+                      help="trial processes at once, each trial in a fresh one (default LORA_N_WORKERS or 1). With "
+                      "GPUs worker i uses GPU i mod count; on CPU they split FRD_TORCH_THREADS (default all cores)")
     tune.set_defaults(func=cmd_tune)
 
     ev = sub.add_parser(
@@ -534,14 +593,23 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-new-tokens", type=int, default=32, help="per output compared (default 32)")
     exp.set_defaults(func=cmd_export)
 
+    dash = sub.add_parser("dashboard", help="optuna-dashboard on the study storage of lora_adapter and `frd tune`")
+    dash.add_argument("--storage", help="Optuna storage URL (default OPTUNA_STORAGE or the SQLite file in .cache)")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1: the dashboard has no login and can delete "
+                      "studies, so listen elsewhere only behind an authenticating proxy)")
+    dash.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    dash.set_defaults(func=cmd_dashboard)
+
     for name, helptext in (
         ("launch", "launch a materialization over the webserver's GraphQL API; prints the run id"),
         ("status", "per asset: latest materialization, run status, verdict (GraphQL)"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("uuid", help="dataset UUID")
-        p.add_argument("--host", default=os.environ.get("DAGSTER_WEBSERVER_HOST", "127.0.0.1"))
-        p.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_WEBSERVER_PORT") or 3000))
+        p.add_argument("--host", default=service.webserver_host, help="default DAGSTER_WEBSERVER_HOST or 127.0.0.1")
+        p.add_argument("--port", type=int, default=service.webserver_port,
+                       help="default DAGSTER_WEBSERVER_PORT or 3000")
         if name == "launch":
             p.add_argument("--assets", help="comma-separated assets (default: all four)")
             p.add_argument("--base-model", help="base model of lora_adapter for this run")
@@ -553,15 +621,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--trials",
         type=int,
-        default=int(os.environ.get("LORA_N_TRIALS") or 4),
-        help="Optuna trials (default LORA_N_TRIALS or 4)",
+        default=lora.n_trials,
+        help=f"Optuna trials (default LORA_N_TRIALS or {DEFAULT_N_TRIALS})",
     )
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as exc:  # a malformed setting, e.g. LORA_N_TRIALS=four: name it, no traceback
+        return bad_input(exc)
+    args = parser.parse_args(argv)
     return args.func(args)
 
 

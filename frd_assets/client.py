@@ -22,11 +22,14 @@ from typing import Any, Sequence
 import requests
 
 from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
-
-ASSETS = ("seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter", "adapter_evaluation")
-# The assets of each job of the code location, for runs launched by job name (they carry no selection).
-JOB_ASSETS = {"prepare_dataset": ASSETS[:3], "train_adapter": ASSETS[3:], "seed_to_adapter": ASSETS}
-PARTITIONS_DEF = "dataset_uuid"
+from frd_assets.core.names import (
+    ADAPTER_EVALUATION,
+    ASSETS,
+    JOB_ASSETS,
+    LORA_ADAPTER,
+    PARTITIONS_DEF,
+    SEED_DATASET,
+)
 
 ADD_PARTITION = """
 mutation AddPartition($repositorySelector: RepositorySelector!, $partitionsDefName: String!, $partitionKey: String!) {
@@ -208,7 +211,7 @@ class FrdClient:
         raise self._refusal("addDynamicPartition", payload, f"adding partition {uuid}")
 
     def partitions(self) -> list[str]:
-        data = self._query(PARTITION_KEYS, {"assetKey": {"path": ["seed_dataset"]}})["assetNodeOrError"]
+        data = self._query(PARTITION_KEYS, {"assetKey": {"path": [SEED_DATASET]}})["assetNodeOrError"]
         if data["__typename"] != "AssetNode":
             raise FrdClientError(f"{self.url} serves no seed_dataset asset; is it the frd_assets code location?")
         return data["partitionKeys"]
@@ -222,11 +225,11 @@ class FrdClient:
             raise FrdClientError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(ASSETS)}")
         run_config: dict = {}
         if base_model:
-            if "lora_adapter" not in assets:
+            if LORA_ADAPTER not in assets:
                 raise FrdClientError("--base-model applies to lora_adapter; include it in --assets")
             # The evaluation compares the adapter with the base model it was trained on.
             run_config = {"ops": {a: {"config": {"base_model": base_model}}
-                                  for a in ("lora_adapter", "adapter_evaluation") if a in assets}}
+                                  for a in (LORA_ADAPTER, ADAPTER_EVALUATION) if a in assets}}
         self.add_partition(uuid)
         params = {
             "selector": {

@@ -1,16 +1,36 @@
-"""The Definitions that workspace.yaml, pyproject's [tool.dagster] and the tests load. It only assembles."""
+"""The Definitions that workspace.yaml, pyproject's [tool.dagster] and the tests load. It only assembles:
+the assets, jobs and sensors from defs/, and the resources built from core/settings.py."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
 
 from dagster import Definitions
 
 from frd_assets.defs.assets import adapter_evaluation, generated_dataset, lora_adapter, seed_dataset, validated_dataset
+from frd_assets.defs.io_managers import StoreIOManager
 from frd_assets.defs.jobs import prepare_dataset_job, seed_to_adapter_job, train_adapter_job
-from frd_assets.defs.resources import build_resources
+from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource, TeacherResource
 from frd_assets.defs.sensors import adapter_on_ready_sensor, seed_upload_sensor
 
 ASSETS = [seed_dataset, generated_dataset, validated_dataset, lora_adapter, adapter_evaluation]
 
 
-def build_definitions(env=None) -> Definitions:
+def build_resources(env: Mapping[str, str] | None = None) -> dict:
+    """Every resource the assets name, from the environment (os.environ by default)."""
+    env = os.environ if env is None else env
+    store = StoreResource.from_env(env)
+    return {
+        "store": store,
+        "io_manager": StoreIOManager(store=store),
+        "teacher": TeacherResource.from_env(env),
+        "judge": JudgeResource.from_env(env),
+        "lora": LoraResource.from_env(env),
+    }
+
+
+def build_definitions(env: Mapping[str, str] | None = None) -> Definitions:
     return Definitions(
         assets=ASSETS,
         jobs=[prepare_dataset_job, train_adapter_job, seed_to_adapter_job],

@@ -27,9 +27,10 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 from dagster_celery.launcher import CeleryRunLauncher
 
 from frd_assets.core.datasets import check_dataset_id
+from frd_assets.core.names import CPU_QUEUE as CPU
+from frd_assets.core.names import GPU_QUEUE as GPU
+from frd_assets.core.names import QUEUE_TAG
 
-QUEUE_TAG = "frd/queue"
-GPU, CPU = "gpu", "cpu"
 # Run tags that carry partition keys: one partition, or the two ends of a ranged (single-run) backfill.
 PARTITION_TAGS = ("dagster/partition", "dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 

@@ -9,9 +9,8 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location, checkpoint_location
 from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET, ObjectNotFound, S3Store
-from frd_assets.definitions import ASSETS
+from frd_assets.definitions import ASSETS, build_resources
 from frd_assets.defs.partitions import dataset_partitions
-from frd_assets.defs.resources import build_resources
 
 GENERATION = {
     "num_instructions": 10,

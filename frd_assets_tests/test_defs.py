@@ -7,8 +7,9 @@ from dagster import AssetKey, EnvVar
 
 from frd_assets.core.generation.self_instruct import GenerationConfig
 from frd_assets.core.validation import ValidationConfig
+from frd_assets.definitions import build_resources
 from frd_assets.defs.config import GenerationRunConfig, ValidationRunConfig
-from frd_assets.defs.resources import StoreResource, build_resources
+from frd_assets.defs.resources import StoreResource
 
 
 def test_definitions_load_with_five_partitioned_assets_job_and_sensor():

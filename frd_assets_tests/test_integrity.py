@@ -15,10 +15,10 @@ from frd_assets.core.datasets import InvalidDatasetId, asset_location, check_dat
 from frd_assets.core.records import dumps_jsonl
 from frd_assets.core.seeds import write_seed
 from frd_assets.core.store import BUCKETS, SEEDS_BUCKET, LocalStore, S3Store, StoreError
-from frd_assets.definitions import ASSETS
+from frd_assets.definitions import ASSETS, build_resources
 from frd_assets.defs.io_managers import AdapterFolder, StoreIOManager
 from frd_assets.defs.partitions import dataset_partitions
-from frd_assets.defs.resources import StoreResource, build_resources
+from frd_assets.defs.resources import StoreResource
 from frd_assets_tests.s3_server import kill_s3_server, restart_s3_server, start_s3_server, stop_s3_server
 
 REPO = Path(__file__).resolve().parents[1]

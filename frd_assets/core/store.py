@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, EVALUATIONS_BUCKET, SEEDS_BUCKET
+from frd_assets.core.settings import FRD_LOCAL_STORE, secret, store_settings, user_dir
 
 BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET, EVALUATIONS_BUCKET)
 
@@ -334,10 +335,14 @@ class S3Store(Store):
 
 
 def default_local_root() -> Path:
-    """$FRD_LOCAL_STORE, else .frd-store in a source checkout, else ~/.local/share/frd/store."""
-    if os.environ.get("FRD_LOCAL_STORE"):
-        return Path(os.environ["FRD_LOCAL_STORE"]).expanduser()
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").exists():
-        return checkout / ".frd-store"
-    return Path.home() / ".local" / "share" / "frd" / "store"
+    """$FRD_LOCAL_STORE, else .frd-store in a source checkout, else ~/.local/share/frd/store (core/settings.py)."""
+    return user_dir(os.environ, FRD_LOCAL_STORE, ".frd-store", ".local/share/frd/store")
+
+
+def open_store(env=None) -> Store:
+    """The configured store, for code that runs without Dagster (the CLI): S3 when MINIO_ENDPOINT is set,
+    else the local folder (core/settings.py). The keys are read at this moment and kept only by the client."""
+    s = store_settings(env)
+    if s.endpoint:
+        return S3Store.connect(s.endpoint, secret(s.access_key_var, env) or "", secret(s.secret_key_var, env) or "")
+    return LocalStore(s.local_root)

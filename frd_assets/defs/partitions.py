@@ -8,8 +8,9 @@ other key before anything is written.
 from dagster import DynamicPartitionsDefinition, Failure
 
 from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
+from frd_assets.core.names import PARTITIONS_DEF
 
-dataset_partitions = DynamicPartitionsDefinition(name="dataset_uuid")
+dataset_partitions = DynamicPartitionsDefinition(name=PARTITIONS_DEF)
 
 
 def partition_dataset_id(partition_key: str, *, asset: str) -> str:

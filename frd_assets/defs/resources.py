@@ -8,8 +8,11 @@ from typing import Mapping, Optional
 
 from dagster import ConfigurableResource, EnvVar
 
-from frd_assets.core.models import DEFAULT_MODEL, model_cache_dir
-from frd_assets.core.store import LocalStore, S3Store, Store, StoreError, default_local_root
+from frd_assets.core import settings
+from frd_assets.core.lora.kubernetes import K8S_WORKERS_ENV, KubernetesWorkers
+from frd_assets.core.lora.study_storage import default_storage_url
+from frd_assets.core.models import DEFAULT_MODEL
+from frd_assets.core.store import LocalStore, S3Store, Store, default_local_root
 
 
 def resolved(value):
@@ -27,18 +30,15 @@ class StoreResource(ConfigurableResource):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "StoreResource":
-        env = os.environ if env is None else env
-        if env.get("MINIO_ENDPOINT", "").strip():
-            missing = [k for k in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if not env.get(k)]
-            if missing:
-                raise StoreError(f"MINIO_ENDPOINT is set but {', '.join(missing)} is not; set both keys or unset it")
+        s = settings.store_settings(env)
+        if s.endpoint:
             # EnvVar keeps the values out of the run config and the UI; Dagster reads them at run time.
             return cls(
-                endpoint=EnvVar("MINIO_ENDPOINT"),
-                access_key=EnvVar("MINIO_ACCESS_KEY"),
-                secret_key=EnvVar("MINIO_SECRET_KEY"),
+                endpoint=EnvVar(settings.MINIO_ENDPOINT),
+                access_key=EnvVar(s.access_key_var),
+                secret_key=EnvVar(s.secret_key_var),
             )
-        return cls(local_root=env.get("FRD_LOCAL_STORE") or str(default_local_root()))
+        return cls(local_root=str(s.local_root))
 
     def get_store(self) -> Store:
         if self.endpoint:
@@ -61,14 +61,15 @@ class TeacherResource(ConfigurableResource):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TeacherResource":
-        env = os.environ if env is None else env
+        s = settings.teacher_settings(env)
         return cls(
-            backend=env.get("TEACHER_BACKEND") or "transformers",
-            model=env.get("TEACHER_MODEL") or DEFAULT_MODEL,
-            base_url=env.get("TEACHER_BASE_URL") or None,
-            api_key=EnvVar("TEACHER_API_KEY") if env.get("TEACHER_API_KEY") else None,
-            batch_size=int(env.get("TEACHER_BATCH_SIZE") or 8),
-            max_concurrency=int(env.get("TEACHER_MAX_CONCURRENCY") or 4),
+            backend=s.backend,
+            model=s.model,
+            base_url=s.base_url,
+            api_key=EnvVar(s.api_key_var) if s.api_key_var else None,
+            batch_size=s.batch_size,
+            max_concurrency=s.max_concurrency,
+            timeout=s.timeout,
         )
 
     def build(self):
@@ -98,12 +99,8 @@ class JudgeResource(ConfigurableResource):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "JudgeResource":
-        env = os.environ if env is None else env
-        return cls(
-            base_url=env.get("JUDGE_BASE_URL") or None,
-            model=env.get("JUDGE_MODEL") or None,
-            api_key=EnvVar("JUDGE_API_KEY") if env.get("JUDGE_API_KEY") else None,
-        )
+        s = settings.judge_settings(env)
+        return cls(base_url=s.base_url, model=s.model, api_key=EnvVar(s.api_key_var) if s.api_key_var else None)
 
     def build(self):
         from frd_assets.core.evaluation import make_judge
@@ -119,44 +116,45 @@ class JudgeResource(ConfigurableResource):
 
 
 class LoraResource(ConfigurableResource):
-    """Defaults of lora_adapter: base model, trial count, where the Optuna study and trial adapters live."""
+    """Defaults of lora_adapter: base model, trial count, trial workers, where the Optuna study and trial
+    adapters live."""
 
     base_model: str = DEFAULT_MODEL
-    n_trials: int = 3
+    n_trials: int = settings.DEFAULT_N_TRIALS
     optuna_storage: str = ""  # an SQLAlchemy URL; empty means an SQLite file in the cache folder
     work_dir: str = ""  # trial adapters; empty means the cache folder
+    n_workers: int = 1  # trial processes at once (LORA_N_WORKERS; per-run override: n_workers)
+    # FRD_K8S_TRIAL_WORKERS: the trial workers' Kubernetes pods (a JSON object of KubernetesWorkers' fields);
+    # empty means local processes.
+    k8s_trial_workers: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LoraResource":
-        env = os.environ if env is None else env
+        s = settings.lora_settings(env)
         return cls(
-            base_model=env.get("LORA_MODEL_NAME") or DEFAULT_MODEL,
-            n_trials=int(env.get("LORA_N_TRIALS") or 3),
+            base_model=s.base_model,
+            n_trials=s.n_trials,
             # The URL may hold a database password: pass it by reference when it is set.
-            optuna_storage=EnvVar("OPTUNA_STORAGE") if env.get("OPTUNA_STORAGE") else "",
-            work_dir=env.get("FRD_TRIALS_DIR", ""),
+            optuna_storage=EnvVar(s.storage_var) if s.storage_var else "",
+            work_dir=str(s.trials_dir or ""),
+            n_workers=s.n_workers,
+            k8s_trial_workers=_checked_k8s_trial_workers(os.environ if env is None else env),
         )
 
     def storage_url(self) -> str:
-        if self.optuna_storage:
-            return resolved(self.optuna_storage)
-        path = model_cache_dir().parent / "optuna.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
+        """The study storage: OPTUNA_STORAGE, else the SQLite file `frd tune` and `frd dashboard` use too."""
+        return resolved(self.optuna_storage) if self.optuna_storage else default_storage_url()
 
     def trials_dir(self) -> Path:
-        return Path(self.work_dir) if self.work_dir else model_cache_dir().parent / "trials"
+        return Path(self.work_dir) if self.work_dir else settings.default_trials_dir()
+
+    def trial_workers(self) -> KubernetesWorkers | None:
+        """KubernetesWorkers when FRD_K8S_TRIAL_WORKERS configures pods, else None: local processes."""
+        return KubernetesWorkers.from_env({K8S_WORKERS_ENV: self.k8s_trial_workers})
 
 
-def build_resources(env: Mapping[str, str] | None = None) -> dict:
-    env = os.environ if env is None else env
-    store = StoreResource.from_env(env)
-    from frd_assets.defs.io_managers import StoreIOManager
+def _checked_k8s_trial_workers(env: Mapping[str, str]) -> str:
+    """FRD_K8S_TRIAL_WORKERS as set, refused when the code location loads if it does not describe pods."""
+    KubernetesWorkers.from_env(env)
+    return env.get(K8S_WORKERS_ENV, "").strip()
 
-    return {
-        "store": store,
-        "io_manager": StoreIOManager(store=store),
-        "teacher": TeacherResource.from_env(env),
-        "judge": JudgeResource.from_env(env),
-        "lora": LoraResource.from_env(env),
-    }

@@ -21,7 +21,6 @@
 """
 
 import json
-import os
 
 from dagster import (
     AssetKey,
@@ -40,6 +39,8 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from frd_assets.core.datasets import is_dataset_id, seed_dataset_id
+from frd_assets.core.names import LORA_ADAPTER, SEED_DATASET, VALIDATED_DATASET
+from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import READY
 from frd_assets.defs.assets import SEED_ETAG, SEED_KEY
@@ -47,12 +48,12 @@ from frd_assets.defs.jobs import prepare_dataset_job, train_adapter_job
 from frd_assets.defs.partitions import dataset_partitions
 from frd_assets.defs.resources import StoreResource
 
-SENSOR_INTERVAL = int(os.environ.get("FRD_SENSOR_INTERVAL_SECONDS") or 30)
+SENSOR_INTERVAL = service_settings().sensor_interval
 
 
 def _latest_seed_materialization(context: SensorEvaluationContext, uuid: str):
     result = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("seed_dataset"), asset_partitions=[uuid]), limit=1
+        AssetRecordsFilter(asset_key=AssetKey(SEED_DATASET), asset_partitions=[uuid]), limit=1
     )
     return result.records[0] if result.records else None
 
@@ -184,8 +185,8 @@ def adapter_on_ready_sensor(context: RunStatusSensorContext):
         return record is not None and record.run_id == run.run_id
 
     # Read what the run did, not how it was selected: job runs carry no asset selection of their own.
-    validated = latest_record("validated_dataset")
-    if validated is None or validated.run_id != run.run_id or materialized_here("lora_adapter"):
+    validated = latest_record(VALIDATED_DATASET)
+    if validated is None or validated.run_id != run.run_id or materialized_here(LORA_ADAPTER):
         return SkipReason(f"run {run.run_id} did not validate {uuid} without training its adapter")
     meta = validated.asset_materialization.metadata if validated.asset_materialization else {}
     verdict = meta["verdict"].value if "verdict" in meta else None

@@ -11,12 +11,12 @@ The judge is any Teacher (an OpenAI-compatible endpoint or a local transformers 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from frd_assets.core import settings
 from frd_assets.core.evaluation.stats import Outcome
 from frd_assets.core.evaluation.tasks import EvalTask
 from frd_assets.core.generation.prompts import ChatPrompt
@@ -53,14 +53,11 @@ Verdict = Literal["A", "B", "tie", "unparsable"]
 # The reply's last non-empty line; case, spaces, markdown bold and a final full stop are forgiven.
 _VERDICT_LINE = re.compile(r"^\W*verdict\s*:\s*\**\s*(a|b|tie)\s*\**\s*\.?\s*$", re.IGNORECASE)
 
-# Environment variables of the judge, read here only: the CLI and the Dagster resource both call this.
-JUDGE_ENV = {"base_url": "JUDGE_BASE_URL", "model": "JUDGE_MODEL", "api_key": "JUDGE_API_KEY"}
-
-
 def judge_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """base_url, model and api_key for make_judge, from JUDGE_BASE_URL, JUDGE_MODEL and JUDGE_API_KEY."""
-    env = os.environ if env is None else env
-    return {key: env.get(name) or None for key, name in JUDGE_ENV.items()}
+    """base_url, model and api_key for make_judge, from JUDGE_BASE_URL, JUDGE_MODEL and JUDGE_API_KEY
+    (core/settings.py): what a standalone command passes to make_judge."""
+    s = settings.judge_settings(env)
+    return {"base_url": s.base_url, "model": s.model, "api_key": settings.secret(s.api_key_var, env)}
 
 
 def judge_prompt(task: EvalTask, answer_a: str, answer_b: str) -> ChatPrompt:

@@ -8,7 +8,6 @@ the stable, documented shape that the asset's metadata, `frd evaluate --json` an
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from frd_assets.core.evaluation.stats import (
 )
 from frd_assets.core.evaluation.tasks import EvalTask
 from frd_assets.core.models import DEFAULT_MODEL, ModelNotFound, resolve_model
+from frd_assets.core.settings import lora_settings
 
 REPORT_KEYS = ("n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds", "samples")
 MAX_SAMPLES = 10
@@ -308,11 +308,10 @@ def base_model_for_adapter(
     peft records `base_model_name_or_path` as the base model's folder on the machine that trained it (the
     project loads models from resolved folders), which another machine usually lacks; then the platform's
     configured base model is the best guess, and it is said out loud. LORA_MODEL_NAME is the variable
-    LoraResource reads too; it is read here because this path must not import Dagster.
+    lora_adapter's default too (core/settings.py).
     """
     config = check_adapter_dir(adapter_dir)
-    env = os.environ if env is None else env
-    fallback = env.get("LORA_MODEL_NAME") or DEFAULT_MODEL
+    fallback = lora_settings(env).base_model
     recorded = config.get("base_model_name_or_path")
     if isinstance(recorded, str) and recorded:
         try:

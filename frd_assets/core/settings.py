@@ -1,0 +1,210 @@
+"""Every setting the platform reads from the environment, read here and only here, with its default.
+
+The Dagster resources (defs/resources.py), the CLI's standalone commands, the sensors and the queue
+workers all build from these functions, so a default cannot differ between the UI and `frd tune` (it
+did: LORA_N_TRIALS was 3 in one and 4 in the other). Secrets are returned as the *name* of the variable
+that holds them, never as values: the resources pass them to Dagster as EnvVar references, so they stay
+out of run config, the UI and logs; a standalone command resolves them with `secret()` at the moment of use.
+
+Each function takes the environment as a mapping (default os.environ), so tests pass a dict instead of
+patching the process. A malformed number is a ConfigError naming the variable and what it must be.
+Dagster-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from frd_assets.core.config_checks import Integer, Number, OneOf, check_value
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+# One default for the Dagster asset and the CLI: a few trials keep a CPU demo under ten minutes.
+DEFAULT_N_TRIALS = 4
+
+# The store.
+MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY = "MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"
+FRD_LOCAL_STORE = "FRD_LOCAL_STORE"
+FRD_MODEL_CACHE = "FRD_MODEL_CACHE"
+# The teacher and the judge.
+TEACHER_API_KEY = "TEACHER_API_KEY"
+JUDGE_BASE_URL, JUDGE_MODEL, JUDGE_API_KEY = "JUDGE_BASE_URL", "JUDGE_MODEL", "JUDGE_API_KEY"
+# The LoRA search.
+LORA_MODEL_NAME, LORA_N_TRIALS, LORA_N_WORKERS = "LORA_MODEL_NAME", "LORA_N_TRIALS", "LORA_N_WORKERS"
+OPTUNA_STORAGE = "OPTUNA_STORAGE"  # an SQLAlchemy URL; it may hold a database password
+FRD_TRIALS_DIR = "FRD_TRIALS_DIR"
+
+_CHECKOUT = Path(__file__).resolve().parents[2]
+_Env = Mapping[str, str]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work together; the message names the variables and the fix."""
+
+
+def _env(env: _Env | None) -> _Env:
+    return os.environ if env is None else env
+
+
+def _text(env: _Env, name: str) -> str | None:
+    """The variable's value, stripped; unset and empty are the same (compose files set empty values)."""
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _int(env: _Env, name: str, default: int, low: int = 1) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    value = int(raw) if raw.lstrip("-").isdigit() else raw
+    return check_value("environment", name, value, Integer(low))
+
+
+def _float(env: _Env, name: str, default: float) -> float:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value: object = float(raw)
+    except ValueError:
+        value = raw
+    return check_value("environment", name, value, Number(0, low_open=True))
+
+
+def user_dir(env: _Env, variable: str, in_checkout: str, in_home: str) -> Path:
+    """$variable, else `in_checkout` inside a source checkout (where `make` puts things), else `in_home` under
+    the user's home: the one lookup behind the model cache and the local store."""
+    if _text(env, variable):
+        return Path(env[variable].strip()).expanduser()
+    if (_CHECKOUT / "pyproject.toml").exists():
+        return _CHECKOUT / in_checkout
+    return Path.home() / in_home
+
+
+def secret(name: str | None, env: _Env | None = None) -> str | None:
+    """The value of the secret variable `name` (as a settings object names it), read at the moment of use."""
+    return _text(_env(env), name) if name else None
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """S3 (MinIO or any S3 endpoint) when endpoint is set, else a local folder per bucket."""
+
+    endpoint: str | None
+    access_key_var: str | None  # the variables holding the keys, when an endpoint is set
+    secret_key_var: str | None
+    local_root: Path
+
+
+def store_settings(env: _Env | None = None) -> StoreSettings:
+    env = _env(env)
+    root = user_dir(env, FRD_LOCAL_STORE, ".frd-store", ".local/share/frd/store")
+    endpoint = _text(env, MINIO_ENDPOINT)
+    if not endpoint:
+        return StoreSettings(None, None, None, root)
+    missing = [k for k in (MINIO_ACCESS_KEY, MINIO_SECRET_KEY) if not _text(env, k)]
+    if missing:
+        raise SettingsError(f"{MINIO_ENDPOINT} is set but {', '.join(missing)} is not; set both keys or unset it")
+    return StoreSettings(endpoint, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, root)
+
+
+def model_cache_dir(env: _Env | None = None) -> Path:
+    """Where prepared models live: $FRD_MODEL_CACHE, else .cache/models in a source checkout, else ~/.cache."""
+    return user_dir(_env(env), FRD_MODEL_CACHE, ".cache/models", ".cache/frd/models")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """The teacher of generated_dataset: a local transformers model, or an OpenAI-compatible endpoint."""
+
+    backend: str = "transformers"  # or "openai"
+    model: str = DEFAULT_MODEL  # a model name or folder; for "openai", the served model's name
+    base_url: str | None = None  # for "openai": http://host:port/v1
+    api_key_var: str | None = None  # TEACHER_API_KEY when it is set
+    batch_size: int = 8  # prompts per forward pass (transformers)
+    max_concurrency: int = 4  # requests in flight (openai)
+    timeout: float = 120.0  # seconds per request (openai)
+
+
+def teacher_settings(env: _Env | None = None) -> TeacherSettings:
+    env = _env(env)
+    return TeacherSettings(
+        backend=check_value("environment", "TEACHER_BACKEND", _text(env, "TEACHER_BACKEND") or "transformers",
+                            OneOf(("transformers", "openai"))),
+        model=_text(env, "TEACHER_MODEL") or DEFAULT_MODEL,
+        base_url=_text(env, "TEACHER_BASE_URL"),
+        api_key_var=TEACHER_API_KEY if _text(env, TEACHER_API_KEY) else None,
+        batch_size=_int(env, "TEACHER_BATCH_SIZE", 8),
+        max_concurrency=_int(env, "TEACHER_MAX_CONCURRENCY", 4),
+        timeout=_float(env, "TEACHER_TIMEOUT", 120.0),
+    )
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """The judge of the gate and of adapter_evaluation: an OpenAI-compatible endpoint (base_url + the model
+    it serves), or a local model (model alone); neither: no judge."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_var: str | None = None  # JUDGE_API_KEY when it is set
+
+
+def judge_settings(env: _Env | None = None) -> JudgeSettings:
+    env = _env(env)
+    return JudgeSettings(
+        base_url=_text(env, JUDGE_BASE_URL),
+        model=_text(env, JUDGE_MODEL),
+        api_key_var=JUDGE_API_KEY if _text(env, JUDGE_API_KEY) else None,
+    )
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Defaults of lora_adapter and `frd tune`: base model, trials, trial workers, where the study and the
+    trial adapters live."""
+
+    base_model: str = DEFAULT_MODEL
+    n_trials: int = DEFAULT_N_TRIALS
+    n_workers: int = 1  # trial processes at once (see core/lora/worker.py)
+    storage_var: str | None = None  # OPTUNA_STORAGE when it is set; else an SQLite file (study_storage.py)
+    trials_dir: Path | None = None  # trial adapters; None means beside the model cache
+
+
+def lora_settings(env: _Env | None = None) -> LoraSettings:
+    env = _env(env)
+    trials_dir = _text(env, FRD_TRIALS_DIR)
+    return LoraSettings(
+        base_model=_text(env, LORA_MODEL_NAME) or DEFAULT_MODEL,
+        n_trials=_int(env, LORA_N_TRIALS, DEFAULT_N_TRIALS),
+        n_workers=_int(env, LORA_N_WORKERS, 1),
+        storage_var=OPTUNA_STORAGE if _text(env, OPTUNA_STORAGE) else None,
+        trials_dir=Path(trials_dir).expanduser() if trials_dir else None,
+    )
+
+
+def default_trials_dir(env: _Env | None = None) -> Path:
+    return model_cache_dir(env).parent / "trials"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The long-running side: sensor cadence, the webserver the CLI talks to, the Celery broker."""
+
+    sensor_interval: int = 30  # seconds between sensor evaluations
+    webserver_host: str = "127.0.0.1"
+    webserver_port: int = 3000
+    redis_url: str = "redis://localhost:6379/0"
+
+
+def service_settings(env: _Env | None = None) -> ServiceSettings:
+    env = _env(env)
+    host, port = _text(env, "REDIS_HOST") or "localhost", _int(env, "REDIS_PORT", 6379)
+    return ServiceSettings(
+        sensor_interval=_int(env, "FRD_SENSOR_INTERVAL_SECONDS", 30),
+        webserver_host=_text(env, "DAGSTER_WEBSERVER_HOST") or "127.0.0.1",
+        webserver_port=_int(env, "DAGSTER_WEBSERVER_PORT", 3000),
+        redis_url=f"redis://{host}:{port}/{_int(env, 'REDIS_DB', 0, low=0)}",
+    )
