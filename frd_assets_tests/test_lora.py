@@ -308,7 +308,8 @@ def test_the_study_name_changes_with_the_data_version_and_config_and_only_then()
 
     uuid = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
 
-    def name(version: str, training: TrainingConfig = TrainingConfig()) -> str:
+    def name(version: str, training: TrainingConfig | None = None) -> str:
+        training = training or TrainingConfig()
         return study_name_for(uuid, "HuggingFaceTB/SmolLM2-135M-Instruct",
                               inputs={"data_version": version, "training": asdict(training),
                                       "space": asdict(SearchSpace())})

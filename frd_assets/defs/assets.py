@@ -1,5 +1,6 @@
 """The four assets: each reads its input, calls core, and returns the output with metadata."""
 
+import dataclasses
 import json
 
 from dagster import (
@@ -33,10 +34,23 @@ from frd_assets.core.held_out import (
     split_held_out,
 )
 from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
+from frd_assets.core.names import (
+    ADAPTER_EVALUATION,
+    BEATS_BASE_CHECK,
+    BEATS_BASE_ON_HELD_OUT_CHECK,
+    CPU_QUEUE,
+    GENERATED_DATASET,
+    GPU_QUEUE,
+    LORA_ADAPTER,
+    QUEUE_TAG,
+    READY_CHECK,
+    SEED_DATASET,
+)
 from frd_assets.core.quality.dataset_card import CARD_FILE, dataset_card
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
 from frd_assets.core.seeds import read_eval_set, read_seed
 from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
+from frd_assets.core.threads import apply_thread_budget
 from frd_assets.core.validation import READY, validate
 from frd_assets.defs.config import (
     EvaluationRunConfig,
@@ -49,11 +63,8 @@ from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRow
 from frd_assets.defs.partitions import dataset_partitions, partition_dataset_id
 from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource, TeacherResource
 
-CPU = {"frd/queue": "cpu"}
-GPU = {"frd/queue": "gpu"}
-READY_CHECK = "ready_for_fine_tuning"
-BEATS_BASE_CHECK = "beats_base_model"
-BEATS_BASE_ON_HELD_OUT_CHECK = "adapter_beats_base"
+CPU = {QUEUE_TAG: CPU_QUEUE}
+GPU = {QUEUE_TAG: GPU_QUEUE}
 EVALUATION_HEADING = "## Evaluation on held-out seed tasks"
 REPORT_FILE = "validation_report.json"
 # seed_dataset metadata naming the upload it read; the seed sensor reads them back.
@@ -112,7 +123,7 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
 def _seed_source(context: AssetExecutionContext, uuid: str) -> str:
     """The seed object seed_dataset read for this partition, as its metadata recorded it."""
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("seed_dataset"), asset_partitions=[uuid]), limit=1
+        AssetRecordsFilter(asset_key=AssetKey(SEED_DATASET), asset_partitions=[uuid]), limit=1
     ).records
     mat = records[0].asset_materialization if records else None
     if mat is not None and "source" in mat.metadata:
@@ -153,6 +164,8 @@ def generated_dataset(
 ) -> Output[list[dict]]:
     """Self-Instruct bootstrapping from the seed with the teacher model, novelty-filtered by ROUGE-L."""
     uuid = partition_dataset_id(context.partition_key, asset="generated_dataset")
+    # An explicit torch thread count (FRD_TORCH_THREADS, default all cores): see core/threads.py.
+    apply_thread_budget()
     gen_config = config.core()
     model = teacher.build()
     checkpoint = StoreCheckpoint(store.get_store(), *checkpoint_location(uuid))
@@ -172,6 +185,12 @@ def generated_dataset(
         metadata={
             "records": len(rows),
             "target": gen_config.num_instructions,
+            "kept_instructions": result.kept_instructions,
+            # Records per kept instruction; goal >= 0.8. "instances" says where they were read from
+            # (constrained JSON, the text parser) and what was lost, and why JSON was not asked if not.
+            "yield": round(result.instance_yield, 3),
+            "instance_format": gen_config.instance_format,
+            "instances": MetadataValue.json(result.instance_report()),
             "resumed_from": result.resumed_from,
             "proposed": result.proposed,
             "rejected": MetadataValue.json(dict(result.rejected)),
@@ -214,6 +233,7 @@ def validated_dataset(
     (DatasetOutput), so no reader sees a verdict from one run beside rows from another; DELETED also
     removes the generated data, after the verdict is stored."""
     uuid = partition_dataset_id(context.partition_key, asset="validated_dataset")
+    apply_thread_budget()
     _seeds, held_out = partition(rows_to_records(seed_dataset))
     report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build())
     summary = report.to_dict()
@@ -242,7 +262,7 @@ def validated_dataset(
     )
     if not ready:
         # DELETED: the generated data goes; the validated version with the report and reasons stays.
-        removed = versions.remove(store.get_store(), *asset_location("generated_dataset", uuid))
+        removed = versions.remove(store.get_store(), *asset_location(GENERATED_DATASET, uuid))
         context.log.warning(f"dataset {uuid} DELETED: failed gates {summary['failed_gates']}; "
                             f"removed {removed} generated object(s)")
     yield AssetCheckResult(
@@ -279,6 +299,7 @@ def lora_adapter(
     Store errors are retried (RetryPolicy): the study resumes from its database, so a retry only redoes
     the unfinished trial and the upload. A rejected dataset is not retried."""
     uuid = partition_dataset_id(context.partition_key, asset="lora_adapter")
+    apply_thread_budget()
     # The verdict of the very version whose rows were loaded (one pointer read for both).
     meta = validated_dataset.version.meta
     if meta.get("verdict") != READY:
@@ -288,10 +309,16 @@ def lora_adapter(
             allow_retries=False,
         )
     base_model = config.base_model or lora.base_model
-    study = study_name_for(uuid, base_model)
+    training, space = config.training(), config.space()
+    study = study_name_for(uuid, base_model, inputs={
+        "data_version": validated_dataset.version.version, "training": dataclasses.asdict(training),
+        "space": dataclasses.asdict(space)})
     work_dir = lora.trials_dir() / study
-    # The study lives in RDB storage under a name made from the UUID and base model: a retried or
-    # re-launched materialization continues it instead of starting over.
+    # The study lives in RDB storage under a name made from the UUID, the base model and a hash of the data
+    # version and the training config: a retried or re-launched materialization of the same data continues
+    # it instead of starting over; new data starts a new study. Its trials run in n_workers
+    # processes of this run's thread budget, or in Kubernetes pods when FRD_K8S_TRIAL_WORKERS says so.
+    search_settings = config.settings(default_workers=lora.n_workers)
     result = run_search(
         rows_to_records(validated_dataset),
         base_model=base_model,
@@ -300,9 +327,10 @@ def lora_adapter(
         study_name=study,
         work_dir=work_dir,
         out_dir=work_dir / "best",
-        training=config.training(),
-        space=config.space(),
-        settings=config.settings(),
+        training=training,
+        space=space,
+        settings=search_settings,
+        workers=lora.trial_workers(),
         print_fn=context.log.info,
     )
     improvement = result.base_eval_loss - result.best_eval_loss
@@ -317,6 +345,7 @@ def lora_adapter(
             "eval_loss_improvement": improvement,
             "trials": MetadataValue.md(history_markdown(result.trials)),
             "n_trials": len(result.trials),
+            "n_workers": search_settings.n_workers,
             "train_records": result.train_records,
             "eval_records": result.eval_records,
         },
@@ -357,6 +386,7 @@ def adapter_evaluation(
     from one model load (peft's disable_adapter for the base pass), ROUGE-L F to the references with a
     bootstrap interval, and a pairwise judge asked in both orders when one is configured."""
     uuid = partition_dataset_id(context.partition_key, asset="adapter_evaluation")
+    apply_thread_budget()
     held_out = [r for r in rows_to_records(seed_dataset) if is_held_out(r)]
     if not held_out:
         raise Failure(
@@ -425,8 +455,8 @@ def _card_with_evaluation(s, uuid: str, adapter: AdapterFolder, report, log) -> 
     text = (card.read_text() if card.exists() else "").split(EVALUATION_HEADING)[0]
     card.write_text(text.rstrip() + "\n\n" + EVALUATION_HEADING + "\n\n" + report.markdown_table()
                     + "\n\n" + report.samples_markdown(2) + "\n")
-    evaluation = versions.current(s, *asset_location("adapter_evaluation", uuid))
+    evaluation = versions.current(s, *asset_location(ADAPTER_EVALUATION, uuid))
     meta = {**adapter.meta, "evaluation_version": evaluation.version}
-    version = versions.publish(s, *asset_location("lora_adapter", uuid), versions.folder_files(adapter.path),
+    version = versions.publish(s, *asset_location(LORA_ADAPTER, uuid), versions.folder_files(adapter.path),
                                meta=meta, log=log)
     log(f"model card of {uuid} now carries the evaluation: {s.uri(version.bucket, version.folder)}")

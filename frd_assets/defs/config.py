@@ -60,6 +60,9 @@ class GenerationRunConfig(Config):
     min_words: int = _GENERATION.min_words
     max_words: int = _GENERATION.max_words
     checkpoint_every: int = _GENERATION.checkpoint_every
+    # "json": instances as schema-constrained JSON where the teacher can enforce a schema, else as text;
+    # "text": only the 'Input: ... Output: ...' prompt and its parser
+    instance_format: str = _GENERATION.instance_format
     seed: int = _GENERATION.seed
 
     @model_validator(mode="after")
@@ -99,10 +102,12 @@ class ValidationRunConfig(Config):
 
 
 class LoraRunConfig(Config):
-    """TrainingConfig, SearchSpace and the sampler/pruner fields of SearchSettings, plus two overrides."""
+    """TrainingConfig, SearchSpace and the sampler/pruner/worker fields of SearchSettings, plus two overrides."""
 
     base_model: Optional[str] = None  # overrides LORA_MODEL_NAME for this run
     n_trials: Optional[int] = None  # overrides LORA_N_TRIALS for this run
+    # Trial processes at once, each trial in a fresh one; overrides LORA_N_WORKERS (default 1) for this run.
+    n_workers: Optional[int] = None
     epochs: int = _TRAINING.epochs
     batch_size: int = _TRAINING.batch_size
     max_length: int = _TRAINING.max_length
@@ -155,12 +160,14 @@ class LoraRunConfig(Config):
             lr_max=self.lr_max,
         )
 
-    def settings(self) -> SearchSettings:
+    def settings(self, *, default_workers: int = _SETTINGS.n_workers) -> SearchSettings:
+        """The search settings; n_workers is this run's, else default_workers (the resource's LORA_N_WORKERS)."""
         return SearchSettings(
             pruner=self.pruner,
             pruner_startup_trials=self.pruner_startup_trials,
             n_startup_trials=self.n_startup_trials,
             seed=self.seed,
+            n_workers=default_workers if self.n_workers is None else self.n_workers,
         )
 
 

@@ -6,22 +6,40 @@ speaks OpenAI's {"error": {...}} or FastAPI's {"detail": ...}.
 
 The chat API has no portable way to prefill the assistant's reply, so prompt.prefill is not sent; the
 parsers accept replies with or without it (a numbered list at any number, 'Input:' present or not).
+
+A prompt with a JSON schema goes out with OpenAI's `response_format: {"type": "json_schema", ...}`,
+which vLLM, llama.cpp's server and OpenAI enforce. Endpoints differ: some refuse it (an HTTP 400 or
+422 that the same request without it does not get; it is then sent without it) and some ignore it
+(`transformers serve` 5.x logs "Ignoring unsupported fields" and answers freely; noticed when a
+finished reply is no JSON). Either way the teacher remembers, stops sending it and reports
+supports_json_schema false, so the loop asks in the text format from then on.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Sequence
 
 import requests
 
 from frd_assets.core.generation.prompts import ChatPrompt
-from frd_assets.core.generation.teachers import Completion, SamplingParams
+from frd_assets.core.generation.teacher_types import Completion, SamplingParams
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 class TeacherError(RuntimeError):
@@ -74,6 +92,16 @@ class OpenAICompatibleTeacher:
         self.generated_tokens = 0
         self.generation_seconds = 0.0
         self._lock = threading.Lock()
+        self.json_schema_fallback_reason: str | None = None  # why response_format is no longer sent
+
+    @property
+    def supports_json_schema(self) -> bool:
+        return self.json_schema_fallback_reason is None
+
+    def _drop_json_schema(self, reason: str) -> None:
+        with self._lock:  # concurrent requests may all find out; the first reason is kept
+            if self.json_schema_fallback_reason is None:
+                self.json_schema_fallback_reason = reason
 
     def __repr__(self) -> str:  # never the key
         return f"OpenAICompatibleTeacher({self.url!r}, model={self.model!r})"
@@ -84,7 +112,7 @@ class OpenAICompatibleTeacher:
             self._local.session = requests.Session()
         return self._local.session
 
-    def _body(self, prompt: ChatPrompt, params: SamplingParams, seed: int) -> dict:
+    def _body(self, prompt: ChatPrompt, params: SamplingParams, seed: int, *, with_schema: bool) -> dict:
         body = {
             "model": self.model,
             "messages": list(prompt.messages),
@@ -95,10 +123,42 @@ class OpenAICompatibleTeacher:
         }
         if params.stop:
             body["stop"] = list(params.stop)[:4]  # OpenAI accepts at most four stop sequences
+        if with_schema and prompt.json_schema is not None:
+            schema = dict(prompt.json_schema)
+            body["response_format"] = {
+                "type": "json_schema",
+                # OpenAI wants a name of letters, digits, _ and -; strict makes it follow the schema exactly.
+                "json_schema": {"name": re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title", "reply")))[:64],
+                                "schema": schema, "strict": True},
+            }
         return body
 
     def _complete_one(self, prompt: ChatPrompt, params: SamplingParams, seed: int) -> Completion:
-        body = self._body(prompt, params, seed)
+        with_schema = prompt.json_schema is not None and self.supports_json_schema
+        response = self._post(self._body(prompt, params, seed, with_schema=with_schema))
+        if with_schema and response.status_code in (400, 422):
+            # Not every server names the field when it refuses it (some report the schema they cannot
+            # convert), so the request is sent once more without response_format: if that one is accepted,
+            # the schema was what the endpoint refused; if not, the second error is the one to report.
+            refusal = _server_message(response)
+            response = self._post(self._body(prompt, params, seed, with_schema=False))
+            with_schema = False
+            if response.status_code < 400:
+                self._drop_json_schema(f"endpoint {self.url} refused response_format: {refusal[:200]}")
+        if response.status_code >= 400:
+            raise TeacherError(
+                f"teacher endpoint {self.url} refused the request (HTTP {response.status_code}): "
+                f"{_server_message(response)}"
+            )
+        completion = self._parse(response, constrained=with_schema)
+        if with_schema and completion.finish_reason == "stop" and not _is_json(completion.text):
+            # An endpoint that enforced the schema cannot have written this: it ignores response_format.
+            self._drop_json_schema(f"endpoint {self.url} ignores response_format: a finished reply was no JSON")
+            completion = replace(completion, constrained=False)
+        return completion
+
+    def _post(self, body: dict) -> requests.Response:
+        """The first response that is not worth retrying (a success or a client error)."""
         last_error = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -112,18 +172,13 @@ class OpenAICompatibleTeacher:
             if response.status_code in RETRY_STATUS:
                 last_error = f"HTTP {response.status_code}: {_server_message(response)}"
                 continue
-            if response.status_code >= 400:
-                raise TeacherError(
-                    f"teacher endpoint {self.url} refused the request (HTTP {response.status_code}): "
-                    f"{_server_message(response)}"
-                )
-            return self._parse(response)
+            return response
         raise TeacherError(
             f"teacher endpoint {self.url} failed after {self.max_retries + 1} attempts; last error: {last_error}. "
             "Check that the server is running and TEACHER_BASE_URL points at it"
         )
 
-    def _parse(self, response: requests.Response) -> Completion:
+    def _parse(self, response: requests.Response, *, constrained: bool) -> Completion:
         try:
             data = response.json()
             choice = data["choices"][0]
@@ -137,7 +192,7 @@ class OpenAICompatibleTeacher:
         with self._lock:
             self.generated_tokens += tokens
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Completion(text=text, finish_reason=reason, completion_tokens=tokens)
+        return Completion(text=text, finish_reason=reason, completion_tokens=tokens, constrained=constrained)
 
     def complete(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[Completion]:
         t0 = time.perf_counter()

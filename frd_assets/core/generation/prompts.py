@@ -1,9 +1,17 @@
-"""Self-Instruct prompts (Wang et al. 2022, Alpaca's wording) and parsers for what the teacher writes back."""
+"""Self-Instruct prompts (Wang et al. 2022, Alpaca's wording) and parsers for what the teacher writes back.
+
+Instances can be asked for in two formats. "json": a JSON object {"input", "output"} whose schema travels
+with the prompt, so a teacher that can constrain its decoding to the schema (the local one through
+llguidance, an endpoint through response_format) always writes a readable instance. "text": the
+'Input: ... Output: ...' reply read by a lenient parser, the fallback for teachers that cannot.
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
 
 INSTRUCTION_PROMPT_HEADER = (
     "You are asked to come up with a set of diverse task instructions. "
@@ -24,6 +32,20 @@ CLASSIFICATION_INSTANCE_PROMPT = (
     "then an input that belongs to that class after 'Input:'.\n\nTask: {instruction}"
 )
 
+INSTANCE_JSON_PROMPT = (
+    "Write one example for the task below as a JSON object with two string fields: \"input\", the text, "
+    "list or question the task works on (\"\" if the task needs no input), and \"output\", a correct, "
+    "complete answer for that input.\n\nTask: {instruction}"
+)
+
+CLASSIFICATION_INSTANCE_JSON_PROMPT = (
+    "Write one example for the classification task below as a JSON object with two string fields: first "
+    "\"output\", a class label, then \"input\", an input that belongs to that class.\n\nTask: {instruction}"
+)
+
+# What a teacher may write for "this task has no input"; such an input is stored as "".
+_NO_INPUT = ("<noinput>", "noinput", "none", "n/a", "<no input>")
+
 
 @dataclass(frozen=True)
 class ChatPrompt:
@@ -31,6 +53,8 @@ class ChatPrompt:
 
     messages: tuple[dict[str, str], ...]
     prefill: str = ""
+    # A JSON schema the reply must follow, for teachers that can enforce one; None: free text.
+    json_schema: Mapping[str, Any] | None = field(default=None, hash=False)
 
 
 def instruction_prompt(examples: list[str]) -> ChatPrompt:
@@ -42,10 +66,30 @@ def instruction_prompt(examples: list[str]) -> ChatPrompt:
     return ChatPrompt(({"role": "user", "content": listing},), prefill=f"{len(examples) + 1}.")
 
 
-def instance_prompt(instruction: str, *, is_classification: bool = False) -> ChatPrompt:
+def instance_schema(*, output_first: bool = False) -> dict[str, Any]:
+    """The JSON schema of one instance. Constrained decoders write properties in schema order, so a
+    classification task gets its label before the input, as the text prompt asks."""
+    order = ("output", "input") if output_first else ("input", "output")
+    return {
+        "title": "instance",
+        "type": "object",
+        "properties": {name: {"type": "string"} for name in order},
+        "required": list(order),
+        "additionalProperties": False,
+    }
+
+
+def instance_prompt(instruction: str, *, is_classification: bool = False, as_json: bool = False) -> ChatPrompt:
+    """The prompt for one instance of a task, in the text format or, with as_json, the JSON format."""
+    content = {"role": "user", "content": ""}
+    if as_json:
+        template = CLASSIFICATION_INSTANCE_JSON_PROMPT if is_classification else INSTANCE_JSON_PROMPT
+        content["content"] = template.format(instruction=instruction.strip())
+        # No prefill: the schema constraint writes the opening brace and first key itself.
+        return ChatPrompt((content,), json_schema=instance_schema(output_first=is_classification))
     template = CLASSIFICATION_INSTANCE_PROMPT if is_classification else INSTANCE_PROMPT
-    prefill = "Output:" if is_classification else "Input:"
-    return ChatPrompt(({"role": "user", "content": template.format(instruction=instruction.strip())},), prefill)
+    content["content"] = template.format(instruction=instruction.strip())
+    return ChatPrompt((content,), prefill="Output:" if is_classification else "Input:")
 
 
 _NUMBERED = re.compile(r"^\s*(?:#{1,4}\s*)?(?:task\s*)?\(?(\d{1,3})\s*[.):\-]\s*", re.IGNORECASE)
@@ -115,6 +159,48 @@ def parse_instance(text: str, *, output_first: bool = False) -> tuple[str, str] 
         return None  # an input with no answer
     else:
         inp, output = "", text.strip()
-    if inp.strip().lower() in ("<noinput>", "noinput", "none", "n/a", "<no input>"):
+    if inp.strip().lower() in _NO_INPUT:
         inp = ""
     return (inp, output) if output else None
+
+
+def parse_json_instance(text: str) -> tuple[str, str] | None:
+    """Reads the first JSON object in the reply as (input, output); None unless both are strings and
+    the output is not empty. Text around the object (a code fence, a closing remark) is ignored, since
+    a teacher without a schema constraint often adds some."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    inp, output = obj.get("input", ""), obj.get("output")
+    if not isinstance(inp, str) or not isinstance(output, str) or not output.strip():
+        return None
+    inp = "" if inp.strip().lower() in _NO_INPUT else inp.strip()
+    return inp, output.strip()
+
+
+InstanceSource = Literal["json", "text"]
+
+
+def parse_instance_reply(
+    text: str, *, output_first: bool = False, asked_json: bool = False
+) -> tuple[tuple[str, str] | None, InstanceSource | None]:
+    """(instance, how it was read) for a reply to instance_prompt; (None, None) when it cannot be read.
+
+    A reply to a JSON prompt is read as JSON first. If it is no JSON at all (a teacher that ignored the
+    schema and wrote 'Input: ... Output: ...' or a bare answer), the text parser gets it; a reply that
+    starts a JSON object but breaks it is not handed on, or the whole broken object would become an output.
+    """
+    if asked_json:
+        parsed = parse_json_instance(text)
+        if parsed is not None:
+            return parsed, "json"
+        if text.lstrip().startswith(("{", "```")):
+            return None, None
+    parsed = parse_instance(text, output_first=output_first)
+    return (parsed, "text") if parsed is not None else (None, None)

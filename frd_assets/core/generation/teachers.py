@@ -1,42 +1,21 @@
-"""Teachers write text for the Self-Instruct loop; the local one batches prompts through transformers."""
+"""Teachers write text for the Self-Instruct loop; the local one batches prompts through transformers.
+
+A prompt may carry a JSON schema (ChatPrompt.json_schema). A teacher whose supports_json_schema is true
+makes such replies follow it; the local teacher does so with llguidance (constrained.py). When that is
+unavailable, or a schema cannot be compiled, it generates free text and says why in
+json_schema_fallback_reason, and the loop asks in the text format instead.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Sequence
 
+from frd_assets.core.generation.openai_teacher import OpenAICompatibleTeacher
 from frd_assets.core.generation.prompts import ChatPrompt
 
-
-@dataclass(frozen=True)
-class Completion:
-    text: str  # the reply, starting with the prompt's prefill
-    finish_reason: Literal["stop", "length"]
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 192
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int = 0
-    stop: tuple[str, ...] = ()  # generation ends at the first of these; the text is cut before it
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-class Teacher(Protocol):
-    name: str
-
-    def complete(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[Completion]: ...
+# Re-exported: callers build SamplingParams and read Completions from here, beside make_teacher.
+from frd_assets.core.generation.teacher_types import Completion, SamplingParams, Teacher  # noqa: F401
 
 
 class TransformersTeacher:
@@ -56,6 +35,44 @@ class TransformersTeacher:
         self.model.eval()
         self.generated_tokens = 0
         self.generation_seconds = 0.0
+        self.json_schema_fallback_reason: str | None = None
+        self._constraint = None  # built on first use: converting a 49k-token vocabulary takes about 1 s
+
+    @property
+    def supports_json_schema(self) -> bool:
+        return self._schema_constraint() is not None
+
+    def _schema_constraint(self):
+        if self._constraint is None and self.json_schema_fallback_reason is None:
+            from frd_assets.core.generation.constrained import SchemaConstraint, llguidance_version
+
+            if llguidance_version() is None:
+                self.json_schema_fallback_reason = "llguidance is not installed (pip install llguidance)"
+            else:
+                try:
+                    self._constraint = SchemaConstraint(self.tokenizer, sorted(self._eos_ids()))
+                except ValueError as exc:
+                    self.json_schema_fallback_reason = str(exc)
+        return self._constraint
+
+    def _eos_ids(self) -> set[int]:
+        eos_ids = {self.tokenizer.eos_token_id}
+        if self.model.generation_config.eos_token_id is not None:
+            gen_eos = self.model.generation_config.eos_token_id
+            eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        return eos_ids
+
+    def _processor(self, schemas: list):
+        """A schema processor for one batch, or None when no row has a schema or none can be enforced."""
+        if all(s is None for s in schemas) or self._schema_constraint() is None:
+            return None
+        try:
+            return self._constraint.processor(schemas)
+        except ValueError as exc:
+            # A schema llguidance cannot compile: this batch goes unconstrained, and supports_json_schema
+            # turns false so the loop asks in the text format rather than fail the same way each batch.
+            self.json_schema_fallback_reason, self._constraint = str(exc), None
+            return None
 
     def _render(self, prompt: ChatPrompt) -> str:
         if self.tokenizer.chat_template:
@@ -66,20 +83,19 @@ class TransformersTeacher:
 
     def complete(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[Completion]:
         import torch
+        from transformers import LogitsProcessorList
 
         results: list[Completion | None] = [None] * len(prompts)
         texts = [self._render(p) for p in prompts]
         # Similar lengths in one batch waste fewer pad positions.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        eos_ids = {self.tokenizer.eos_token_id}
-        if self.model.generation_config.eos_token_id is not None:
-            gen_eos = self.model.generation_config.eos_token_id
-            eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        eos_ids = self._eos_ids()
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            processor = self._processor([prompts[i].json_schema for i in idx])
             torch.manual_seed(params.seed + start)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -93,6 +109,7 @@ class TransformersTeacher:
                     eos_token_id=list(eos_ids),
                     stop_strings=list(params.stop) or None,
                     tokenizer=self.tokenizer if params.stop else None,
+                    logits_processor=LogitsProcessorList([processor]) if processor else None,
                 )
             self.generation_seconds += time.perf_counter() - t0
             new = out[:, enc["input_ids"].shape[1] :]
@@ -109,6 +126,7 @@ class TransformersTeacher:
                     text=prompts[i].prefill + text,
                     finish_reason="length" if stop_at is None else "stop",
                     completion_tokens=len(kept),
+                    constrained=processor is not None and processor.constrained(row),
                 )
         return [r for r in results if r is not None]
 
@@ -139,8 +157,6 @@ def make_teacher(
             raise ValueError("teacher backend 'openai' needs a base URL: set TEACHER_BASE_URL (e.g. http://host:8000/v1)")
         if not model:
             raise ValueError("teacher backend 'openai' needs a model name: set TEACHER_MODEL to the served model")
-        from frd_assets.core.generation.openai_teacher import OpenAICompatibleTeacher
-
         return OpenAICompatibleTeacher(base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
                                        max_concurrency=max_concurrency)
     raise ValueError(f"unknown teacher backend {backend!r}: use one of {', '.join(TEACHER_BACKENDS)}")
