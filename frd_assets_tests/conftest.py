@@ -94,3 +94,15 @@ def postgres_db():
         conn.execute(f"CREATE DATABASE {name}")
         yield name
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir, tmp_path_factory):
+    """The tiny model served by a real `transformers serve` (OpenAI-compatible): the judge's and the gate's
+    endpoint tests share one server, started once."""
+    from frd_assets_tests.openai_server import start_openai_server, stop, wait_ready
+
+    proc, url = start_openai_server(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
+    wait_ready(proc, url)
+    yield url
+    stop(proc)

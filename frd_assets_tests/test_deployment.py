@@ -34,14 +34,44 @@ def caddyfile_variables() -> dict[str, str | None]:
     return {name: default or None for name, default in re.findall(r"\{\$(\w+)(?::([^}]*))?\}", text)}
 
 
+class _RecordingEnv(dict):
+    """An environment that remembers every variable asked of it, set or not."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
 def code_env_reads() -> set[str]:
-    """Every environment variable the package reads by name."""
-    names = set()
+    """Every environment variable the package reads: what the settings functions (core/settings.py, the
+    thread budget, the Kubernetes trial workers) actually ask of an environment with an S3 endpoint set,
+    plus any variable read by a literal name anywhere else in the package."""
+    from frd_assets.core import settings
+    from frd_assets.core.lora.kubernetes import KubernetesWorkers
+    from frd_assets.core.threads import thread_budget
+
+    env = _RecordingEnv(MINIO_ENDPOINT="http://minio:9000", MINIO_ACCESS_KEY="a", MINIO_SECRET_KEY="b")
+    for read in (settings.store_settings, settings.teacher_settings, settings.judge_settings,
+                 settings.lora_settings, settings.service_settings, settings.model_cache_dir, thread_budget,
+                 KubernetesWorkers.from_env):
+        read(env)
+    names = set(env.asked)
     for path in (REPO / "frd_assets").rglob("*.py"):
         text = path.read_text()
         names |= set(re.findall(r"""(?:env|environ)(?:\.get)?\(\s*["']([A-Z][A-Z0-9_]+)["']""", text))
         names |= set(re.findall(r"""(?:env|environ)\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]""", text))
-        names |= set(re.findall(r"""EnvVar\(\s*["']([A-Z][A-Z0-9_]+)["']""", text))
     return names
 
 

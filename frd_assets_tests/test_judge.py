@@ -25,7 +25,6 @@ from frd_assets.core.evaluation import (
 from frd_assets.core.evaluation.judge import combine, judge_prompt, parse_verdict
 from frd_assets.core.evaluation.report import summarize_judgements
 from frd_assets.core.generation.teachers import Completion
-from frd_assets_tests.openai_server import start_openai_server, stop, wait_ready
 from frd_assets_tests.test_evaluation import SAMPLE_SEED, make_adapter
 
 TASKS = [EvalTask(f"t{i}", f"Task number {i}.", "some input" if i % 2 else "", f"Reference {i}.") for i in range(6)]
@@ -141,14 +140,6 @@ def test_make_judge_names_the_model_and_host_never_the_key():
 
 
 # ---- real judges ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    proc, url = start_openai_server(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
-    wait_ready(proc, url)
-    yield url
-    stop(proc)
-
 
 def check_counting(judged, n):
     summary = summarize_judgements(judged, "judge")

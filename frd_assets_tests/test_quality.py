@@ -24,7 +24,6 @@ from frd_assets.core.quality.near_duplicates import (
 from frd_assets.core.quality.record_judge import parse_score, record_judge_prompt, score_records
 from frd_assets.core.records import Record
 from frd_assets.core.validation import DELETED, READY, ValidationConfig, validate
-from frd_assets_tests.openai_server import start_openai_server, stop, wait_ready
 
 SEEDS = ["Give three tips for staying healthy.", "Translate the sentence into French."]
 GOOD = [
@@ -338,14 +337,6 @@ def test_scoring_no_records_asks_nothing():
 
 
 # ---- real judges ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    proc, url = start_openai_server(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
-    wait_ready(proc, url)
-    yield url
-    stop(proc)
-
 
 def check_counting(report, n):
     judged = report.judge

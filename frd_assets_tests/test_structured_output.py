@@ -75,7 +75,7 @@ def _train_json_replies(model_dir, out_dir, steps=150, seed=0):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from frd_assets_tests.tiny_model import ADJS, NOUNS, _render, _sentence
+    from frd_assets_tests.tiny_model import ADJS, NOUNS, _render, _sentence, train_on_texts
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -93,20 +93,7 @@ def _train_json_replies(model_dir, out_dir, steps=150, seed=0):
         fields = {"output": rng.choice(ADJS), "input": answer} if classification else {
             "input": rng.choice(["", _sentence(rng)]), "output": answer}
         texts.append(_render(prompt.messages, json.dumps(fields, separators=(",", ":"))))
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        batch = rng.sample(enc, 8)
-        width = max(map(len, batch))
-        ids = torch.full((8, width), tokenizer.pad_token_id)
-        labels = torch.full((8, width), -100)
-        for row, b in enumerate(batch):
-            ids[row, : len(b)] = torch.tensor(b)
-            labels[row, : len(b)] = torch.tensor(b)
-        model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    train_on_texts(model, tokenizer, texts, steps=steps, rng=rng)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -109,8 +109,21 @@ def build_tiny_chat_model(folder: Path, *, steps: int = 150, seed: int = 0) -> P
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in corpus]
+    train_on_texts(model, tokenizer, corpus, steps=steps, rng=rng)
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train_on_texts(model, tokenizer, texts: list[str], *, steps: int, rng: random.Random, lr: float = 3e-3) -> None:
+    """Plain next-token training on whole texts, 8 a batch, right-padded: enough for a tiny model to pick up
+    a format in seconds."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     model.train()
     for _ in range(steps):
         batch = rng.sample(enc, 8)
@@ -120,12 +133,6 @@ def build_tiny_chat_model(folder: Path, *, steps: int = 150, seed: int = 0) -> P
         for i, b in enumerate(batch):
             ids[i, : len(b)] = torch.tensor(b)
             labels[i, : len(b)] = torch.tensor(b)
-        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        loss.backward()
+        model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
-    model.eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
