@@ -40,6 +40,15 @@ READY = "READY_FOR_FINE_TUNING"
 DELETED = "DELETED"
 
 
+def unready_reason(dataset_id: str, status: Mapping[str, Any]) -> str | None:
+    """None when a validated version's status ({"verdict", "failed_gates"}: its stored meta, or the
+    materialization's metadata values) allows an adapter; else why not, naming the dataset and the gates.
+    The one reading of a verdict, for the verdict sensor and lora_adapter alike."""
+    if status.get("verdict") == READY:
+        return None
+    return f"dataset {dataset_id} is {status.get('verdict')} (failed gates {status.get('failed_gates')})"
+
+
 @dataclass(frozen=True)
 class ValidationConfig:
     """Every threshold of the gate; a gate passes when its value is on the right side of its threshold."""

@@ -51,7 +51,7 @@ from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows
 from frd_assets.core.seeds import read_eval_set, read_seed
 from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
 from frd_assets.core.threads import apply_thread_budget
-from frd_assets.core.validation import READY, validate
+from frd_assets.core.validation import READY, unready_reason, validate
 from frd_assets.defs.config import (
     EvaluationRunConfig,
     GenerationRunConfig,
@@ -301,13 +301,9 @@ def lora_adapter(
     uuid = partition_dataset_id(context.partition_key, asset="lora_adapter")
     apply_thread_budget()
     # The verdict of the very version whose rows were loaded (one pointer read for both).
-    meta = validated_dataset.version.meta
-    if meta.get("verdict") != READY:
-        raise Failure(
-            f"dataset {uuid} is {meta.get('verdict')} (failed gates {meta.get('failed_gates')}); "
-            "no adapter is built from a rejected dataset",
-            allow_retries=False,
-        )
+    problem = unready_reason(uuid, validated_dataset.version.meta)
+    if problem:
+        raise Failure(f"{problem}; no adapter is built from a rejected dataset", allow_retries=False)
     base_model = config.base_model or lora.base_model
     training, space = config.training(), config.space()
     study = study_name_for(uuid, base_model, inputs={

@@ -42,7 +42,7 @@ from frd_assets.core.datasets import is_dataset_id, seed_dataset_id
 from frd_assets.core.names import LORA_ADAPTER, SEED_DATASET, VALIDATED_DATASET
 from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
-from frd_assets.core.validation import READY
+from frd_assets.core.validation import unready_reason
 from frd_assets.defs.assets import SEED_ETAG, SEED_KEY
 from frd_assets.defs.jobs import prepare_dataset_job, train_adapter_job
 from frd_assets.defs.partitions import dataset_partitions
@@ -189,7 +189,7 @@ def adapter_on_ready_sensor(context: RunStatusSensorContext):
     if validated is None or validated.run_id != run.run_id or materialized_here(LORA_ADAPTER):
         return SkipReason(f"run {run.run_id} did not validate {uuid} without training its adapter")
     meta = validated.asset_materialization.metadata if validated.asset_materialization else {}
-    verdict = meta["verdict"].value if "verdict" in meta else None
-    if verdict != READY:
-        return SkipReason(f"dataset {uuid} is {verdict}: no adapter")
+    problem = unready_reason(uuid, {key: value.value for key, value in meta.items()})
+    if problem:
+        return SkipReason(f"{problem}: no adapter")
     return RunRequest(partition_key=uuid, run_key=f"adapter:{uuid}:{run.run_id}")
