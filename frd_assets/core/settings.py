@@ -54,7 +54,7 @@ def _text(env: _Env, name: str) -> str | None:
     return value or None
 
 
-def _int(env: _Env, name: str, default: int, low: int = 1) -> int:
+def env_int(env: _Env, name: str, default: int, low: int = 1) -> int:
     raw = _text(env, name)
     if raw is None:
         return default
@@ -136,8 +136,8 @@ def teacher_settings(env: _Env | None = None) -> TeacherSettings:
         model=_text(env, "TEACHER_MODEL") or DEFAULT_MODEL,
         base_url=_text(env, "TEACHER_BASE_URL"),
         api_key_var=TEACHER_API_KEY if _text(env, TEACHER_API_KEY) else None,
-        batch_size=_int(env, "TEACHER_BATCH_SIZE", 8),
-        max_concurrency=_int(env, "TEACHER_MAX_CONCURRENCY", 4),
+        batch_size=env_int(env, "TEACHER_BATCH_SIZE", 8),
+        max_concurrency=env_int(env, "TEACHER_MAX_CONCURRENCY", 4),
         timeout=_float(env, "TEACHER_TIMEOUT", 120.0),
     )
 
@@ -178,8 +178,8 @@ def lora_settings(env: _Env | None = None) -> LoraSettings:
     trials_dir = _text(env, FRD_TRIALS_DIR)
     return LoraSettings(
         base_model=_text(env, LORA_MODEL_NAME) or DEFAULT_MODEL,
-        n_trials=_int(env, LORA_N_TRIALS, DEFAULT_N_TRIALS),
-        n_workers=_int(env, LORA_N_WORKERS, 1),
+        n_trials=env_int(env, LORA_N_TRIALS, DEFAULT_N_TRIALS),
+        n_workers=env_int(env, LORA_N_WORKERS, 1),
         storage_var=OPTUNA_STORAGE if _text(env, OPTUNA_STORAGE) else None,
         trials_dir=Path(trials_dir).expanduser() if trials_dir else None,
     )
@@ -201,10 +201,10 @@ class ServiceSettings:
 
 def service_settings(env: _Env | None = None) -> ServiceSettings:
     env = _env(env)
-    host, port = _text(env, "REDIS_HOST") or "localhost", _int(env, "REDIS_PORT", 6379)
+    host, port = _text(env, "REDIS_HOST") or "localhost", env_int(env, "REDIS_PORT", 6379)
     return ServiceSettings(
-        sensor_interval=_int(env, "FRD_SENSOR_INTERVAL_SECONDS", 30),
+        sensor_interval=env_int(env, "FRD_SENSOR_INTERVAL_SECONDS", 30),
         webserver_host=_text(env, "DAGSTER_WEBSERVER_HOST") or "127.0.0.1",
-        webserver_port=_int(env, "DAGSTER_WEBSERVER_PORT", 3000),
-        redis_url=f"redis://{host}:{port}/{_int(env, 'REDIS_DB', 0, low=0)}",
+        webserver_port=env_int(env, "DAGSTER_WEBSERVER_PORT", 3000),
+        redis_url=f"redis://{host}:{port}/{env_int(env, 'REDIS_DB', 0, low=0)}",
     )

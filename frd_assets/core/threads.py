@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 from frd_assets.core.config_checks import Integer, check_value
+from frd_assets.core.settings import env_int
 
 THREADS_ENV = "FRD_TORCH_THREADS"
 # Read by the OpenMP and MKL runtimes when a process starts: set here, they reach every child process.
@@ -70,12 +71,10 @@ def thread_budget(env: Mapping[str, str] | None = None, *, shared: bool = False)
     """FRD_TORCH_THREADS when set; else every available core, or with shared=True (a run of the embedded
     instance, which another run may be beside) an even share of them (runs_sharing_cores)."""
     env = os.environ if env is None else env
-    raw = env.get(THREADS_ENV, "").strip()
-    if not raw:
+    if not env.get(THREADS_ENV, "").strip():
         cores = available_cores()
         return max(1, cores // runs_sharing_cores()) if shared else cores
-    value = int(raw) if raw.isdigit() else raw
-    return check_value("environment", THREADS_ENV, value, Integer(1))
+    return env_int(env, THREADS_ENV, default=1)  # the settings' one integer reader and its error message
 
 
 def threads_per_worker(n_workers: int, budget: int | None = None) -> int:
