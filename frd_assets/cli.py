@@ -380,6 +380,7 @@ def cmd_status(args) -> int:
     except FrdClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    current, store_problem = _current_versions(args.uuid)
     print(f"dataset {args.uuid}")
     for s in statuses:
         when = (
@@ -391,11 +392,39 @@ def cmd_status(args) -> int:
         if s.asset == names.VALIDATED_DATASET and "verdict" in s.metadata:
             extra = f"  verdict {s.metadata['verdict']}"
         if s.asset == names.LORA_ADAPTER and "best_eval_loss" in s.metadata:
-            extra = f"  eval loss {s.metadata['best_eval_loss']:.4f}  {s.metadata.get('uri', '')}"
+            extra = f"  eval loss {s.metadata['best_eval_loss']:.4f}"
         if s.asset == names.ADAPTER_EVALUATION and "rouge_l_adapter" in s.metadata:
             extra = f"  {held_out_summary(s.metadata)}"
+        if s.asset in current:
+            extra += f"  current {current[s.asset]}"
         print(f"  {s.asset:<18} materialized {when:<19}  last run {s.run_status or '-':<9} {s.run_id or ''}{extra}")
+    if store_problem:
+        print(f"  (current versions not shown: {store_problem})")
     return 0
+
+
+def _current_versions(dataset_id: str) -> tuple[dict[str, str], str | None]:
+    """asset -> the folder its pointer names now, read from the store as the IO manager reads it: Dagster's
+    metadata names the version a run wrote, which a later run (the evaluation's model card, say) may have
+    replaced. The store's problem, if it cannot be read from here, instead of an error: the GraphQL part
+    of the status stands on its own."""
+    from frd_assets.core import versions
+    from frd_assets.core.datasets import asset_location
+    from frd_assets.core.store import ObjectNotFound, StoreError
+
+    out: dict[str, str] = {}
+    try:
+        store = _store()
+        for asset in names.ASSETS:
+            bucket, prefix = asset_location(asset, dataset_id)
+            try:
+                version = versions.current(store, bucket, prefix)
+            except ObjectNotFound:
+                continue
+            out[asset] = store.uri(version.bucket, version.folder)
+    except (StoreError, ValueError) as exc:
+        return out, str(exc).splitlines()[0]
+    return out, None
 
 
 def _step_seconds(instance, run_id: str) -> dict[str, float]:

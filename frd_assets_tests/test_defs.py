@@ -77,3 +77,15 @@ def test_local_store_is_the_default():
 def test_partial_s3_settings_fail_naming_the_missing_key():
     with pytest.raises(Exception, match="MINIO_SECRET_KEY"):
         build_resources({"MINIO_ENDPOINT": "http://minio:9000", "MINIO_ACCESS_KEY": "ak"})
+
+
+def test_the_long_assets_retry_a_failed_step():
+    """A store error in the middle of a search or a generation (a restarted S3 server, say) is retried
+    rather than losing the run: both resume from what they stored (the study, the checkpoint)."""
+    from dagster import Backoff
+
+    from frd_assets.defs.assets import adapter_evaluation, generated_dataset, lora_adapter
+
+    for asset in (generated_dataset, lora_adapter, adapter_evaluation):
+        policy = asset.op.retry_policy
+        assert policy is not None and policy.max_retries >= 2 and policy.backoff == Backoff.EXPONENTIAL, asset.key

@@ -192,6 +192,34 @@ def test_a_seed_rewritten_while_its_run_is_in_flight_is_processed_after_that_run
     assert not tick(dagster_instance, resource, after.cursor).run_requests  # and only once
 
 
+def test_a_rewrite_that_the_run_in_flight_read_is_not_processed_again(dagster_instance, tmp_path):
+    """Exactly once: the rewrite lands while a run is in flight but before its seed_dataset step, so that
+    run reads the newest seed; when it ends, the held upload is recognised by its key and ETag and dropped."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    u = str(uuid.uuid4())
+    write_seed(store, u, SEED)
+    first = tick(dagster_instance, resource)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [u])
+    run = create_run_for_test(dagster_instance, job_name="prepare_dataset", status=DagsterRunStatus.STARTED,
+                              tags={"dagster/partition": u})
+    write_seed(store, u, SEED + SEED.replace(b"fruit", b"vegetable"))  # before the run reads its seed
+    during = tick(dagster_instance, resource, first.cursor)
+    assert not during.run_requests and list(json.loads(during.cursor)["pending"]) == [f"{u}.jsonl"]
+    materialize_seed(dagster_instance, resource, u)  # the run reads the rewrite
+    assert records_of(dagster_instance, u) == 2
+    dagster_instance.report_run_failed(run)
+    after = tick(dagster_instance, resource, during.cursor)
+    assert not after.run_requests, "the upload the run already read was launched again"
+    assert json.loads(after.cursor)["pending"] == {}
+
+
 def test_an_upload_with_the_other_suffix_replaces_the_seed(dagster_instance, tmp_path, monkeypatch):
     """`frd seed upload a.jsonl --uuid U` then `frd seed upload b.json --uuid U`: U's seed is b."""
     from frd_assets.cli import main

@@ -36,6 +36,10 @@ VERSIONS = "versions"
 KEEP_VERSIONS = 3
 
 
+class StaleVersion(StoreError):
+    """The pointer moved to another version while a derived version was being written."""
+
+
 @dataclass(frozen=True)
 class Version:
     """One published version: where it lives, its files with size and SHA-256, and small facts about it."""
@@ -83,11 +87,15 @@ def publish(
     meta: Mapping[str, Any] | None = None,
     keep: int = KEEP_VERSIONS,
     log: Callable[[str], None] = lambda _msg: None,
+    if_current: str | None = None,
 ) -> Version:
     """Writes the files as a new version, then the pointer; returns the version now current.
 
     files yields (name, bytes) or (name, a callable returning bytes), so a folder of large files is read
-    one file at a time. A failure before the pointer write leaves the previous version current."""
+    one file at a time. A failure before the pointer write leaves the previous version current.
+    if_current: publish only if the pointer still names that version when the pointer is about to be
+    written (a writer that derives its version from another must not put an older one back); otherwise
+    StaleVersion, and the files written are pruned with the next publish."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     version_id = new_version_id()
@@ -101,6 +109,13 @@ def publish(
         raise ValueError(f"a version of {store.uri(bucket, prefix)} needs at least one file")
     version = Version(bucket, prefix, version_id, entries, dict(meta or {}),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if if_current is not None:
+        # Not atomic with the PUT below (S3 has no compare-and-swap that every server offers), but it narrows
+        # the window from the whole write to one round trip; the GPU queue's limit of one run closes it.
+        now = current(store, bucket, prefix).version
+        if now != if_current:
+            raise StaleVersion(f"{store.uri(bucket, prefix)} is at version {now}, not {if_current}: "
+                               "a newer version was published meanwhile and stays current")
     store.put_bytes(bucket, f"{prefix}/{POINTER}", version.to_json())
     try:
         pruned = prune(store, bucket, prefix, current_version=version_id, keep=keep)

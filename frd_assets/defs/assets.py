@@ -453,6 +453,12 @@ def _card_with_evaluation(s, uuid: str, adapter: AdapterFolder, report, log) -> 
                     + "\n\n" + report.samples_markdown(2) + "\n")
     evaluation = versions.current(s, *asset_location(ADAPTER_EVALUATION, uuid))
     meta = {**adapter.meta, "evaluation_version": evaluation.version}
-    version = versions.publish(s, *asset_location(LORA_ADAPTER, uuid), versions.folder_files(adapter.path),
-                               meta=meta, log=log)
+    try:
+        # Only over the version that was evaluated: a lora_adapter materialized meanwhile must stay current.
+        version = versions.publish(s, *asset_location(LORA_ADAPTER, uuid), versions.folder_files(adapter.path),
+                                   meta=meta, log=log,
+                                   if_current=adapter.version.version if adapter.version else None)
+    except versions.StaleVersion as exc:
+        log(f"model card of {uuid} not updated: {exc}")
+        return
     log(f"model card of {uuid} now carries the evaluation: {s.uri(version.bucket, version.folder)}")
