@@ -28,9 +28,9 @@ import argparse
 import json
 import time
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
+from benchmarks.seed_sets import SELF_INSTRUCT_SEED, sample_seed_bytes, self_instruct_seed_bytes
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import (
     GenerationConfig,
@@ -43,17 +43,17 @@ from frd_assets.core.held_out import HeldOutConfig, split_held_out
 from frd_assets.core.records import parse_seed
 from frd_assets.core.store import LocalStore
 
-SHARED_SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "self_instruct_seed_tasks.jsonl"
 # Progress of an unfinished run (the loop's own checkpoints): a killed run continues where it stopped.
 PROGRESS = Path(__file__).resolve().parents[1] / ".cache" / "benchmarks" / "generation_yield"
 
 
 def seed_files(extra: list[str]) -> dict[str, bytes]:
-    files = {"demo_seed": (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()}
-    if SHARED_SEED.exists():
-        files["shared_175"] = SHARED_SEED.read_bytes()
+    files = {"demo_seed": sample_seed_bytes()}
+    shared = self_instruct_seed_bytes()
+    if shared is not None:
+        files["shared_175"] = shared
     else:
-        print(f"note: {SHARED_SEED} not found; the shared 175-task seed is not measured")
+        print(f"note: {SELF_INSTRUCT_SEED} not found; the shared 175-task seed is not measured")
     for path in extra:
         files[Path(path).stem] = Path(path).read_bytes()
     return files

@@ -4,14 +4,18 @@ and the final eval loss of each;
 (c) trials per hour with 2 trial workers of 1 thread each versus 1 worker of 1 thread;
 (d) the peak RSS of one worker's trial processes after its 2nd and after its 10th trial.
 
-All parts run in one process on the same records (the project's sample seed plus deterministic
-recombinations), the same base model and the same settings, with one torch thread per process: on a
-shared 2-core machine two OpenMP threads per process spin on each other (the same trial ran 10x slower
-with 2 threads than with 1 while other jobs ran) and would measure the neighbours, not the code. The
-default model is the tiny Llama the tests build (hidden size 64, built here in seconds): on 2 cores
-SmolLM2-135M-Instruct trains at about 5 s a step, and the 28 trials of (b)-(d) would take most of an hour;
---model SmolLM2-135M-Instruct measures it anyway. Every trial runs in its own process, as in production,
-so a trial's time includes starting Python and loading the model (about 3 s on an idle machine).
+All parts run in one process on the same records, the same base model and the same settings. The records
+are the first 48 of the 175 Self-Instruct seed tasks (../shared/data, see benchmarks/seed_sets.py), in file
+order: real instruction data whose lengths vary as a user's seed does, which is what padding waste is
+about. Where the checkout has no shared copy, the project's sample seed plus deterministic recombinations
+stand in (a note says so): their lengths vary less, so less padding can be saved there.
+Everything runs with one torch thread per process: on a shared 2-core machine two OpenMP threads per
+process spin on each other (the same trial ran 10x slower with 2 threads than with 1 while other jobs ran)
+and would measure the neighbours, not the code. The default model is the tiny Llama the tests build
+(hidden size 64, built here in seconds): on 2 cores SmolLM2-135M-Instruct trains at about 5 s a step, and
+the 28 trials of (b)-(d) would take most of an hour; --model SmolLM2-135M-Instruct measures it anyway.
+Every trial runs in its own process, as in production, so a trial's time
+includes starting Python and loading the model (about 3 s on an idle machine).
 
 The searches of (b) and (c) run in interleaved rounds (one worker, two workers, median pruner, again) so
 that a neighbour's load falls on both sides of each ratio alike. Before and after them the benchmark times
@@ -21,15 +25,16 @@ machine at that moment at best, the yardstick for (c) where other jobs share the
 The plain loop is what one writes by hand: shuffled batches padded to their longest example, as a
 DataLoader with a padding collator gives; the project's trial groups batches by length (core/lora/data.py).
 Both train the same layers with the same hyperparameters, and both are evaluated by the project's
-evaluate_loss, so the two eval losses say whether the speed cost anything. Grouping can only save the
-positions the plain loop pads, so (a) also prints that ceiling for this data.
+evaluate_loss, so the two eval losses say whether the speed cost anything. Grouping saves the positions
+the plain loop pads, so (a) also prints the ratio those positions alone would give on this data.
 
 Goals: (a) at least 1.3x on CPU; (b) at least 30% of the wall time saved with the same best loss
 within noise; (c) at least 1.7x on 2 cores; (d) at most 10% growth from trial 2 to trial 10.
 The last line is one JSON object with every figure.
 
-Run: .venv/bin/python -m benchmarks.tuning [--model NAME_OR_PATH] [--trials 10] [--epochs 8]
-(about 13 minutes on 2 cores shared with other jobs; --trials 4 --epochs 4 for a quicker look)
+Run: .venv/bin/python -m benchmarks.tuning [--model NAME_OR_PATH] [--data SEED_FILE] [--records 48] [--max-length N]
+     [--trials 10] [--epochs 8]
+(about 3 minutes on 2 idle cores; --trials 4 --epochs 4 for a quicker look)
 """
 
 from __future__ import annotations
@@ -40,12 +45,12 @@ import os
 import random
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import optuna
 import torch
 
+from benchmarks.seed_sets import SELF_INSTRUCT_SEED, sample_seed_bytes, self_instruct_seed_bytes
 from benchmarks.synthetic import make_candidates, seed_instructions
 from frd_assets.core.lora.data import collate, length_grouped_batches, padded_share, split_records, tokenize_record
 from frd_assets.core.lora.search import SearchResult, SearchSettings, run_search
@@ -55,12 +60,20 @@ from frd_assets.core.records import Record, parse_seed
 from frd_assets.core.threads import apply_thread_budget
 
 
-def records(n: int = 40) -> list[Record]:
-    data = (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
-    seeds = parse_seed(data, "sample_seed.jsonl")
+def records(n: int = 48, data: Path | None = None) -> tuple[list[Record], str]:
+    """The first n tasks of a seed file (the shared Self-Instruct seed by default), and what they are."""
+    if data is None and self_instruct_seed_bytes() is not None:
+        data = SELF_INSTRUCT_SEED
+    if data is not None:
+        recs = parse_seed(data.read_bytes(), data.name)[:n]
+        return recs, f"the first {len(recs)} tasks of {data.name}"
+    print(f"note: {SELF_INSTRUCT_SEED} not found; measuring the sample seed plus recombinations, whose lengths "
+          "vary less than a real seed's")
+    seeds = parse_seed(sample_seed_bytes(), "sample_seed.jsonl")
     rng = random.Random(0)
     extra = make_candidates(seed_instructions(), n - len(seeds), seed=5)
-    return seeds + [Record(f"x{i}", ins, "", rng.choice(seeds).output) for i, ins in enumerate(extra)]
+    return (seeds + [Record(f"x{i}", ins, "", rng.choice(seeds).output) for i, ins in enumerate(extra)],
+            f"the sample seed plus {n - len(seeds)} recombinations")
 
 
 def plain_groups(n: int, batch_size: int, *, seed: int) -> list[list[int]]:
@@ -104,11 +117,11 @@ def plain_loop(model, train, evals, hp: LoraHyperparams, cfg: TrainingConfig,
     return tokens, seconds, eval_loss
 
 
-def part_a(model_name: str, recs: list[Record], *, rounds: int = 3) -> dict:
+def part_a(model_name: str, recs: list[Record], max_length: int, *, rounds: int = 3) -> dict:
     """Train tokens per second and final eval loss of the project's trial and of the plain loop, best of
     `rounds` each, alternated so that a neighbour's load falls on both."""
     tokenizer = load_tokenizer(model_name)
-    cfg = TrainingConfig(epochs=2, batch_size=4, max_length=256, evals_per_trial=1)
+    cfg = TrainingConfig(epochs=2, batch_size=4, max_length=max_length, evals_per_trial=1)
     train_recs, eval_recs = split_records(recs, eval_fraction=0.2, seed=0)
     train = [tokenize_record(tokenizer, r, max_length=cfg.max_length) for r in train_recs]
     evals = [tokenize_record(tokenizer, r, max_length=cfg.max_length) for r in eval_recs]
@@ -125,7 +138,8 @@ def part_a(model_name: str, recs: list[Record], *, rounds: int = 3) -> dict:
     print(f"(a) plain peft + torch loop: {best_plain:.1f} train tok/s, final eval loss {loss_plain:.4f}")
     print(f"    project trial:           {best_ours:.1f} train tok/s, final eval loss {loss_ours:.4f} "
           "(includes its clipping; evals not counted)")
-    # What grouping can gain at most on this data: the padded positions it no longer computes.
+    # What grouping gains on this data where compute grows with positions: the padded positions it no longer
+    # computes. Attention grows with the square of a row's length, so long padded rows cost more than this.
     lengths = [len(e.input_ids) for e in train]
     pad_plain = sum(padded_share(lengths, plain_groups(len(train), cfg.batch_size, seed=cfg.seed + epoch))
                     for epoch in range(cfg.epochs)) / cfg.epochs
@@ -133,8 +147,8 @@ def part_a(model_name: str, recs: list[Record], *, rounds: int = 3) -> dict:
                    for epoch in range(cfg.epochs)) / cfg.epochs
     ceiling = (1 - pad_ours) / (1 - pad_plain)
     print(f"    ratio: {best_ours / best_plain:.2f}x ({len(train)} train records, {cfg.epochs} epochs); padding "
-          f"{100 * pad_plain:.0f}% of the plain loop's positions, {100 * pad_ours:.0f}% of the project's: at most "
-          f"{ceiling:.2f}x on this data where compute follows positions")
+          f"{100 * pad_plain:.0f}% of the plain loop's positions, {100 * pad_ours:.0f}% of the project's: "
+          f"{ceiling:.2f}x where compute grows with positions (attention grows faster)")
     return {"ratio": best_ours / best_plain, "tokens_per_s_plain": best_plain, "tokens_per_s_project": best_ours,
             "eval_loss_plain": loss_plain, "eval_loss_project": loss_ours, "padding_plain": pad_plain,
             "padding_project": pad_ours, "ratio_ceiling": ceiling}
@@ -203,10 +217,16 @@ def main() -> None:
     parser.add_argument("--model", help="model name or folder (default: the tests' tiny Llama, built here)")
     parser.add_argument("--trials", type=int, default=10, help="trials of the searches of (b) and (d); >= 4")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per trial in (b), (c) and (d)")
+    parser.add_argument("--data", type=Path, help="a seed file (default: the shared Self-Instruct seed tasks)")
+    parser.add_argument("--max-length", type=int, help="tokens per example (default: the product's, twice it "
+                        "for the tiny Llama)")
+    parser.add_argument("--records", type=int, default=48, help="how many of its tasks, from the first")
     args = parser.parse_args()
     if args.trials < 4:
         parser.error("--trials must be at least 4: (d) compares the 2nd trial with the last, in two more rounds")
-    recs = records()
+    if args.records < 10:
+        parser.error("--records must be at least 10: a fifth of them is the eval split")
+    recs, data_label = records(args.records, args.data)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_name = args.model
@@ -214,12 +234,16 @@ def main() -> None:
             from frd_assets_tests.tiny_model import build_tiny_chat_model
 
             model_name = str(build_tiny_chat_model(tmp / "tiny-model"))
+        # The tiny Llama's tokenizer has 300 tokens and takes about twice SmolLM2's tokens for the same text,
+        # so it gets twice the product's default max_length (256): the same share of each record fits.
+        max_length = args.max_length or (TrainingConfig().max_length * (2 if args.model is None else 1))
         apply_thread_budget(1)  # (a) here, and through FRD_TORCH_THREADS, one thread for every worker
         label = args.model or "tiny test Llama"
-        print(f"model: {label}; {len(recs)} records; 1 torch thread per process; {os.cpu_count()} cores")
-        part = part_a(model_name, recs)
+        print(f"model: {label}; data: {data_label}; max_length {max_length}; 1 torch thread per process; "
+              f"{os.cpu_count()} cores")
+        part = part_a(model_name, recs, max_length)
 
-        training = TrainingConfig(epochs=args.epochs, batch_size=4, max_length=256, evals_per_trial=4)
+        training = TrainingConfig(epochs=args.epochs, batch_size=4, max_length=max_length, evals_per_trial=4)
         searches = Searches(model_name, recs, tmp, training)
         # "one": one worker, no pruning; (d) reads its trials' peak RSS after trial 2 and after the last; it is
         # also (c)'s baseline and (b)'s unpruned search. "two": two workers, no pruning, for (c) only.
@@ -264,6 +288,9 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "tuning",
         "model": label,
+        "data": data_label,
+        "records": len(recs),
+        "max_length": max_length,
         "tokens_per_s_ratio": round(part["ratio"], 3),
         "tokens_per_s_plain": round(part["tokens_per_s_plain"], 1),
         "tokens_per_s_project": round(part["tokens_per_s_project"], 1),
