@@ -63,6 +63,29 @@ def test_two_workers_finish_exactly_n_trials_each_in_its_own_process(tmp_path, t
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
+def test_the_fork_server_gives_each_trial_its_own_process_environment_output_and_exit_code(tmp_path):
+    """Trials forked from the server (CPU): the worker's main runs in a new process per request with exactly
+    the slot's environment, its output and exit status reach the pool, and the server ends with the pool."""
+    from frd_assets.core.lora.fork_server import ForkServer, available
+
+    assert available([]) and not available(["0"])  # with a GPU every trial is exec'd instead
+    server = ForkServer()
+    try:
+        spec = str(tmp_path / "missing.json")
+        # Not given the storage variable (whatever this process has): the worker's own one-line refusal.
+        unset = server.spawn(["--spec", spec], {"PATH": os.environ["PATH"]})
+        assert f"{STORAGE_ENV} is not set" in unset.stdout.read()
+        assert unset.wait(timeout=60) == 2
+        # Given it, the missing spec raises: the traceback comes through and the exit status is 1.
+        crash = server.spawn(["--spec", spec], {STORAGE_ENV: "sqlite://"})
+        assert "FileNotFoundError" in crash.stdout.read()
+        assert crash.wait(timeout=60) == 1
+        assert len({unset.pid, crash.pid, server._server.pid, os.getpid()}) == 4
+    finally:
+        server.close()
+    assert server._server.returncode == 0
+
+
 def test_a_worker_killed_mid_trial_costs_that_trial_only(tmp_path, tiny_model_dir, postgres_db):
     storage = f"postgresql+psycopg://postgres@127.0.0.1:5432/{postgres_db}"  # the deployment's storage
     data = tmp_path / "data.jsonl"
