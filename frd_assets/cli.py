@@ -312,7 +312,10 @@ def cmd_dashboard(args) -> int:
     from frd_assets.core.lora.study_storage import hide_password, redacted, study_storage_url
 
     class ThreadingServer(ThreadingMixIn, WSGIServer):
-        daemon_threads = True  # the page fetches several API routes at once; Ctrl-C must not wait for them
+        # The page fetches several API routes at once; Ctrl-C must not wait for them. Daemon threads alone
+        # are not enough: server_close() joins every request thread unless block_on_close is off.
+        daemon_threads = True
+        block_on_close = False
 
     url = args.storage or study_storage_url()
     try:

@@ -85,7 +85,8 @@ def test_dashboard_serves_the_configured_study_over_http(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise
+            lines = [x for x in err_path.read_text().splitlines() if not x.startswith("import time:")]
+            pytest.fail("frd dashboard did not stop within 20 s of Ctrl-C; its stderr:\n" + "\n".join(lines[-40:]))
     assert returncode == 0, err_path.read_text()[-3000:]
     imported = re.findall(r"\|\s+(dagster\S*)\s*$", err_path.read_text(), flags=re.M)
     assert imported == [], f"frd dashboard imported {imported[:5]}"
