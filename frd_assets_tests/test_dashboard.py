@@ -66,7 +66,10 @@ def test_dashboard_serves_the_configured_study_over_http(tmp_path):
     # Port 0: the OS picks a free port and the command prints it.
     with open(out_path, "w") as out, open(err_path, "w") as err:
         command = [sys.executable, "-X", "importtime", "-m", "frd_assets.cli", "dashboard", "--port", "0"]
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
+        # SIGINT as a terminal's foreground command has it: a suite started in the background by a
+        # non-interactive shell ignores SIGINT, and the child would inherit that and never see Ctrl-C.
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         base = _wait_listening(proc, out_path, err_path)
         studies = _get_json(base + "/api/studies")["study_summaries"]
