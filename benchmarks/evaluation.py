@@ -18,7 +18,6 @@ import json
 import tempfile
 import time
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ import torch
 from frd_assets.core.evaluation.answers import AnswerModel
 from frd_assets.core.evaluation.tasks import load_eval_tasks
 from frd_assets.core.models import load_causal_lm
+from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 
 
 def make_adapter(model_name: str, out_dir: Path) -> Path:
@@ -62,8 +62,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
-    data = (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
-    tasks = load_eval_tasks(data, "sample_seed.jsonl")[0][: args.tasks]
+    tasks = load_eval_tasks(sample_seed_bytes(), SAMPLE_SEED)[0][: args.tasks]
     with tempfile.TemporaryDirectory() as tmp:
         adapter = make_adapter(args.model, Path(tmp) / "adapter")
         model = AnswerModel(args.model, adapter)

@@ -30,7 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.seed_sets import SELF_INSTRUCT_SEED, sample_seed_bytes, self_instruct_seed_bytes
+from benchmarks.seed_sets import SELF_INSTRUCT_SEED, self_instruct_seed_bytes
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import (
     GenerationConfig,
@@ -41,6 +41,7 @@ from frd_assets.core.generation.self_instruct import (
 from frd_assets.core.generation.teachers import TransformersTeacher
 from frd_assets.core.held_out import HeldOutConfig, split_held_out
 from frd_assets.core.records import parse_seed
+from frd_assets.core.seeds import sample_seed_bytes
 from frd_assets.core.store import LocalStore
 
 # Progress of an unfinished run (the loop's own checkpoints): a killed run continues where it stopped.

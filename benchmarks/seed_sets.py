@@ -8,15 +8,9 @@ finds no shared copy says so and measures the sample seed instead.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 SELF_INSTRUCT_SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "self_instruct_seed_tasks.jsonl"
-
-
-def sample_seed_bytes() -> bytes:
-    """The project's own sample seed: what `frd demo` uploads."""
-    return (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
 
 
 def self_instruct_seed_bytes() -> bytes | None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import random
-from importlib import resources
 
 from frd_assets.core.records import parse_seed
+from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 
 
 def seed_instructions() -> list[str]:
-    data = (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
-    return list(dict.fromkeys(r.instruction for r in parse_seed(data, "sample_seed.jsonl")))
+    return list(dict.fromkeys(r.instruction for r in parse_seed(sample_seed_bytes(), SAMPLE_SEED)))
 
 
 def make_candidates(seeds: list[str], n: int, seed: int = 0) -> list[str]:

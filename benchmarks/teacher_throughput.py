@@ -13,16 +13,14 @@ import argparse
 import json
 import random
 import time
-from importlib import resources
 
+from benchmarks.synthetic import seed_instructions
 from frd_assets.core.generation.prompts import instruction_prompt
 from frd_assets.core.generation.teachers import SamplingParams, TransformersTeacher
-from frd_assets.core.records import parse_seed
 
 
 def prompts(n: int = 8):
-    data = (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
-    seeds = list(dict.fromkeys(r.instruction for r in parse_seed(data, "sample_seed.jsonl")))
+    seeds = seed_instructions()
     rng = random.Random(0)
     return [instruction_prompt(rng.sample(seeds, 6)) for _ in range(n)]
 

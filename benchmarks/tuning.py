@@ -50,13 +50,14 @@ from pathlib import Path
 import optuna
 import torch
 
-from benchmarks.seed_sets import SELF_INSTRUCT_SEED, sample_seed_bytes, self_instruct_seed_bytes
+from benchmarks.seed_sets import SELF_INSTRUCT_SEED, self_instruct_seed_bytes
 from benchmarks.synthetic import make_candidates, seed_instructions
 from frd_assets.core.lora.data import collate, length_grouped_batches, padded_share, split_records, tokenize_record
 from frd_assets.core.lora.search import SearchResult, SearchSettings, run_search
 from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, evaluate_loss, run_trial
 from frd_assets.core.models import load_causal_lm, load_tokenizer
 from frd_assets.core.records import Record, parse_seed
+from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 from frd_assets.core.threads import apply_thread_budget
 
 
@@ -69,7 +70,7 @@ def records(n: int = 48, data: Path | None = None) -> tuple[list[Record], str]:
         return recs, f"the first {len(recs)} tasks of {data.name}"
     print(f"note: {SELF_INSTRUCT_SEED} not found; measuring the sample seed plus recombinations, whose lengths "
           "vary less than a real seed's")
-    seeds = parse_seed(sample_seed_bytes(), "sample_seed.jsonl")
+    seeds = parse_seed(sample_seed_bytes(), SAMPLE_SEED)
     rng = random.Random(0)
     extra = make_candidates(seed_instructions(), n - len(seeds), seed=5)
     return (seeds + [Record(f"x{i}", ins, "", rng.choice(seeds).output) for i, ins in enumerate(extra)],

@@ -21,7 +21,6 @@ import argparse
 import json
 import random
 import time
-from importlib import resources
 
 import numpy as np
 import sacrebleu
@@ -33,6 +32,7 @@ from frd_assets.core.metrics.json_checks import record_problem
 from frd_assets.core.metrics.rouge_l import max_rouge_l_f
 from frd_assets.core.quality.near_duplicates import find_near_duplicates, minhashes, shingles
 from frd_assets.core.records import Record, parse_seed
+from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 from frd_assets.core.validation import ValidationConfig, validate
 
 
@@ -70,8 +70,7 @@ def baseline(rows: list[dict], seeds: list[str], config: ValidationConfig) -> li
 
 def held_out_tasks() -> list[Record]:
     """The sample seed's held-out tasks, split as seed_dataset splits them: the gate's evaluation tasks."""
-    data = (resources.files("frd_assets") / "data" / "sample_seed.jsonl").read_bytes()
-    return split_held_out(parse_seed(data, "sample_seed.jsonl"), HeldOutConfig()).held_out
+    return split_held_out(parse_seed(sample_seed_bytes(), SAMPLE_SEED), HeldOutConfig()).held_out
 
 
 def time_near_duplicates(rows: list[dict], seeds: list[str], config: ValidationConfig) -> dict[str, float]:

@@ -457,6 +457,7 @@ def cmd_demo(args) -> int:
     from frd_assets.core import versions
     from frd_assets.core.datasets import asset_location
     from frd_assets.core.models import prepare_default_model
+    from frd_assets.core.seeds import sample_seed
     from frd_assets.core.threads import THREADS_ENV, available_cores
     from frd_assets.core.validation import READY
     from frd_assets.definitions import ASSETS, build_resources
@@ -467,8 +468,7 @@ def cmd_demo(args) -> int:
     # otherwise takes its share, since another queue's run may be beside it; core/threads.py).
     os.environ.setdefault(THREADS_ENV, str(available_cores()))
     prepare_default_model()
-    seed_file = resources.files("frd_assets") / "data" / "sample_seed.jsonl"
-    with resources.as_file(seed_file) as path:
+    with resources.as_file(sample_seed()) as path:
         dataset_id = upload_seed(Path(path), args.uuid)
     print(f"dataset {dataset_id}: sample seed uploaded; Dagster instance in {home}")
     instance = DagsterInstance.get()

@@ -7,9 +7,23 @@ one is the seed.
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
+
 from frd_assets.core.datasets import EVAL_SUFFIX, SEED_SUFFIXES, check_dataset_id, dataset_key
 from frd_assets.core.records import check_seed_size
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, ObjectNotFound, Store
+
+SAMPLE_SEED = "sample_seed.jsonl"  # bundled in frd_assets/data: what `frd demo` uploads
+
+
+def sample_seed() -> Traversable:
+    """The project's bundled sample seed (a package resource: use resources.as_file for a path)."""
+    return resources.files("frd_assets") / "data" / SAMPLE_SEED
+
+
+def sample_seed_bytes() -> bytes:
+    return sample_seed().read_bytes()
 
 
 def seed_keys(dataset_id: str) -> list[str]:

@@ -26,7 +26,6 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,8 +33,7 @@ from frd_assets.core.config_checks import Integer, check_value
 from frd_assets.core.evaluation.answers import AdapterError, check_adapter_dir
 from frd_assets.core.lora.data import prompt_text
 from frd_assets.core.records import parse_seed
-
-SAMPLE_SEED = "sample_seed.jsonl"  # in frd_assets/data
+from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 
 
 class MergeMismatch(RuntimeError):
@@ -71,8 +69,7 @@ class ExportResult:
 
 def check_prompts(tokenizer, n: int) -> list[str]:
     """The first n instructions of the bundled sample seed, rendered as the adapter saw them in training."""
-    data = (resources.files("frd_assets") / "data" / SAMPLE_SEED).read_bytes()
-    records = parse_seed(data, SAMPLE_SEED)
+    records = parse_seed(sample_seed_bytes(), SAMPLE_SEED)
     check_value("merged export", "prompts", n, Integer(1, len(records)))
     return [prompt_text(tokenizer, r) for r in records[:n]]
 
