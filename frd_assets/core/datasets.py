@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from frd_assets.core.names import ADAPTER_EVALUATION, LORA_ADAPTER
+
 _DATASET_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 EXAMPLE_DATASET_ID = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
 
@@ -70,8 +72,6 @@ def seed_dataset_id(key: str) -> str | None:
 
 
 # Where each asset's versions live (see core/versions.py): the one mapping from asset and dataset to store.
-ADAPTER_ASSET = "lora_adapter"
-EVALUATION_ASSET = "adapter_evaluation"
 SEEDS_BUCKET = "seeds"
 DATASETS_BUCKET = "datasets"
 ADAPTERS_BUCKET = "lora-adapters"
@@ -81,16 +81,16 @@ EVALUATIONS_BUCKET = "evaluations"
 def asset_location(asset_name: str, dataset_id: str) -> tuple[str, str]:
     """(bucket, prefix) of an asset's versions for a dataset: adapters in lora-adapters/<id>, evaluations
     in evaluations/<id>, the datasets in datasets/<id>/<asset>."""
-    if asset_name == ADAPTER_ASSET:
+    if asset_name == LORA_ADAPTER:
         return ADAPTERS_BUCKET, dataset_key(dataset_id)
-    if asset_name == EVALUATION_ASSET:
+    if asset_name == ADAPTER_EVALUATION:
         return EVALUATIONS_BUCKET, dataset_key(dataset_id)
     return DATASETS_BUCKET, dataset_key(dataset_id, asset_name)
 
 
 def data_file_name(asset_name: str) -> str:
     """The JSONL file of an asset's rows inside its version folder."""
-    return "answers.jsonl" if asset_name == EVALUATION_ASSET else f"{asset_name}.jsonl"
+    return "answers.jsonl" if asset_name == ADAPTER_EVALUATION else f"{asset_name}.jsonl"
 
 
 def checkpoint_location(dataset_id: str) -> tuple[str, str]:

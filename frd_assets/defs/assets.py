@@ -45,6 +45,7 @@ from frd_assets.core.names import (
     QUEUE_TAG,
     READY_CHECK,
     SEED_DATASET,
+    VALIDATED_DATASET,
 )
 from frd_assets.core.quality.dataset_card import CARD_FILE, dataset_card
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
@@ -85,7 +86,7 @@ def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
 def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: StoreResource) -> Output[list[dict]]:
     """The uploaded seed (seeds/<uuid>.jsonl or .json, the newest if both), parsed and normalised, with the
     tasks held out for adapter_evaluation marked (an uploaded <uuid>.eval.jsonl, else a seeded share)."""
-    uuid = partition_dataset_id(context.partition_key, asset="seed_dataset")
+    uuid = partition_dataset_id(context.partition_key, asset=SEED_DATASET)
     s = store.get_store()
     try:
         data, info = read_seed(s, uuid)
@@ -163,7 +164,7 @@ def generated_dataset(
     seed_dataset: list[dict],
 ) -> Output[list[dict]]:
     """Self-Instruct bootstrapping from the seed with the teacher model, novelty-filtered by ROUGE-L."""
-    uuid = partition_dataset_id(context.partition_key, asset="generated_dataset")
+    uuid = partition_dataset_id(context.partition_key, asset=GENERATED_DATASET)
     # An explicit torch thread count (FRD_TORCH_THREADS, default all cores): see core/threads.py.
     apply_thread_budget()
     gen_config = config.core()
@@ -211,7 +212,7 @@ def generated_dataset(
     check_specs=[
         AssetCheckSpec(
             READY_CHECK,
-            asset="validated_dataset",
+            asset=VALIDATED_DATASET,
             blocking=True,
             description="The verdict is READY_FOR_FINE_TUNING; blocks lora_adapter otherwise.",
         )
@@ -232,7 +233,7 @@ def validated_dataset(
     The kept rows, the report, the dataset card and the verdict are one version in the store
     (DatasetOutput), so no reader sees a verdict from one run beside rows from another; DELETED also
     removes the generated data, after the verdict is stored."""
-    uuid = partition_dataset_id(context.partition_key, asset="validated_dataset")
+    uuid = partition_dataset_id(context.partition_key, asset=VALIDATED_DATASET)
     apply_thread_budget()
     _seeds, held_out = partition(rows_to_records(seed_dataset))
     report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build())
@@ -282,7 +283,7 @@ def validated_dataset(
     check_specs=[
         AssetCheckSpec(
             BEATS_BASE_CHECK,
-            asset="lora_adapter",
+            asset=LORA_ADAPTER,
             description="The adapter's held-out eval loss is below the base model's (a warning otherwise).",
         )
     ],
@@ -298,7 +299,7 @@ def lora_adapter(
 
     Store errors are retried (RetryPolicy): the study resumes from its database, so a retry only redoes
     the unfinished trial and the upload. A rejected dataset is not retried."""
-    uuid = partition_dataset_id(context.partition_key, asset="lora_adapter")
+    uuid = partition_dataset_id(context.partition_key, asset=LORA_ADAPTER)
     apply_thread_budget()
     # The verdict of the very version whose rows were loaded (one pointer read for both).
     problem = unready_reason(uuid, validated_dataset.version.meta)
@@ -362,7 +363,7 @@ def lora_adapter(
     check_specs=[
         AssetCheckSpec(
             BEATS_BASE_ON_HELD_OUT_CHECK,
-            asset="adapter_evaluation",
+            asset=ADAPTER_EVALUATION,
             description="On the held-out tasks the adapter's judge win rate is above 0.5 (no judge: its mean "
             "ROUGE-L is above the base model's). WARN by default; ERROR with check_severity.",
         )
@@ -381,7 +382,7 @@ def adapter_evaluation(
     """The adapter against its base model on the held-out seed tasks the teacher never saw: greedy answers
     from one model load (peft's disable_adapter for the base pass), ROUGE-L F to the references with a
     bootstrap interval, and a pairwise judge asked in both orders when one is configured."""
-    uuid = partition_dataset_id(context.partition_key, asset="adapter_evaluation")
+    uuid = partition_dataset_id(context.partition_key, asset=ADAPTER_EVALUATION)
     apply_thread_budget()
     held_out = [r for r in rows_to_records(seed_dataset) if is_held_out(r)]
     if not held_out:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from frd_assets.core import versions
-from frd_assets.core.datasets import ADAPTER_ASSET, InvalidDatasetId, asset_location, data_file_name
+from frd_assets.core.datasets import InvalidDatasetId, asset_location, data_file_name
+from frd_assets.core.names import LORA_ADAPTER
 from frd_assets.core.records import dumps_jsonl, loads_jsonl
 from frd_assets.core.store import Store
 from frd_assets.defs.resources import StoreResource
@@ -85,7 +86,7 @@ class StoreIOManager(ConfigurableIOManager):
         bucket, prefix = self.location(name, context.asset_partition_key)
         store = self.store.get_store()
         version = versions.current(store, bucket, prefix)
-        if name == ADAPTER_ASSET:
+        if name == LORA_ADAPTER:
             dest = Path(tempfile.mkdtemp(prefix=f"frd-{name}-"))
             return AdapterFolder(versions.download(store, version, dest), dict(version.meta), version)
         key = data_file_name(name)

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from frd_assets.core.datasets import data_file_name
+from frd_assets.core.names import VALIDATED_DATASET
 
 if TYPE_CHECKING:
     from frd_assets.core.validation import ValidationReport
 
 CARD_FILE = "README.md"
-VALIDATED_ASSET = "validated_dataset"
 # The Hub's size buckets: (upper bound, label); a count at or above every bound is the last label.
 _SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
                     (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
@@ -91,7 +91,7 @@ def dataset_card(
         f"- config_name: {yaml_string('default')}",
         "  data_files:",
         f"  - split: {yaml_string('train')}",
-        f"    path: {yaml_string(data_file_name(VALIDATED_ASSET))}",
+        f"    path: {yaml_string(data_file_name(VALIDATED_DATASET))}",
         "---",
     ]
     body = [
@@ -117,7 +117,7 @@ def dataset_card(
         *_judge(report),
         "## Fields",
         "",
-        f"`{data_file_name(VALIDATED_ASSET)}` holds one JSON object per line: `id`, `instruction`, `input` "
+        f"`{data_file_name(VALIDATED_DATASET)}` holds one JSON object per line: `id`, `instruction`, `input` "
         "(empty when the task needs none), `output`, and `provenance` (where the record came from).",
         "",
     ]
