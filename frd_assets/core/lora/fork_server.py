@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -149,13 +150,9 @@ class ForkedProcess:
                 pass
 
     def terminate(self) -> None:
-        import signal
-
         self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        import signal
-
         self._signal(signal.SIGKILL)
 
 
@@ -165,7 +162,6 @@ class ForkedProcess:
 def _run_trial(control: socket.socket, argv: list[str], env: dict[str, str], out_fd: int) -> None:
     """In the forked child: the slot's environment, stdout and stderr into the pool's socket, then the
     worker's main as `python -m frd_assets.core.lora.worker ARGV` runs it. Never returns."""
-    import signal
     import traceback
 
     code = 1
