@@ -309,7 +309,7 @@ def cmd_dashboard(args) -> int:
     from optuna.storages import RDBStorage
     from sqlalchemy.exc import SQLAlchemyError
 
-    from frd_assets.core.lora.study_storage import hide_password, redacted, study_storage_url
+    from frd_assets.core.lora.study_storage import engine_kwargs, hide_password, redacted, study_storage_url
 
     class ThreadingServer(ThreadingMixIn, WSGIServer):
         # The page fetches several API routes at once; Ctrl-C must not wait for them. Daemon threads alone
@@ -321,8 +321,7 @@ def cmd_dashboard(args) -> int:
     try:
         # RDBStorage, not optuna-dashboard's own guess from the URL: that one skips creating the tables, so a
         # storage no search has written to yet fails on every page instead of showing no studies.
-        sqlite = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True, **sqlite})
+        storage = RDBStorage(url, engine_kwargs=engine_kwargs(url))
         server = make_server(args.host, args.port, optuna_dashboard.wsgi(storage), server_class=ThreadingServer)
     # SQLAlchemyError: a URL that does not parse or a database that refuses; ImportError a missing driver;
     # RuntimeError a schema of another Optuna version; OSError a port in use. The message may quote the URL.

@@ -33,10 +33,9 @@ from frd_assets.core.threads import (
 from frd_assets.defs.config import LoraRunConfig
 from frd_assets.defs.resources import LoraResource
 from frd_assets_tests.test_kubernetes import k8s_instance, launch_and_capture  # noqa: F401 (k8s_instance: a fixture)
+from frd_assets_tests.test_tune_resume import RECORDS
 
 REPO = Path(__file__).resolve().parents[1]
-RECORDS = [{"instruction": f"Describe the quiet river number {i}.", "input": "",
-            "output": f"The river {i} is calm, green and full of small fish."} for i in range(40)]
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                                    optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
 

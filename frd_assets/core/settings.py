@@ -98,9 +98,14 @@ class StoreSettings:
     local_root: Path
 
 
+def local_store_root(env: _Env | None = None) -> Path:
+    """$FRD_LOCAL_STORE, else .frd-store in a source checkout, else ~/.local/share/frd/store."""
+    return user_dir(_env(env), FRD_LOCAL_STORE, ".frd-store", ".local/share/frd/store")
+
+
 def store_settings(env: _Env | None = None) -> StoreSettings:
     env = _env(env)
-    root = user_dir(env, FRD_LOCAL_STORE, ".frd-store", ".local/share/frd/store")
+    root = local_store_root(env)
     endpoint = _text(env, MINIO_ENDPOINT)
     if not endpoint:
         return StoreSettings(None, None, None, root)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, EVALUATIONS_BUCKET, SEEDS_BUCKET
-from frd_assets.core.settings import FRD_LOCAL_STORE, secret, store_settings, user_dir
+from frd_assets.core.settings import secret, store_settings
 
 BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET, EVALUATIONS_BUCKET)
 
@@ -332,11 +332,6 @@ class S3Store(Store):
 
     def uri(self, bucket: str, key: str = "") -> str:
         return f"s3://{bucket}/{key}"
-
-
-def default_local_root() -> Path:
-    """$FRD_LOCAL_STORE, else .frd-store in a source checkout, else ~/.local/share/frd/store (core/settings.py)."""
-    return user_dir(os.environ, FRD_LOCAL_STORE, ".frd-store", ".local/share/frd/store")
 
 
 def open_store(env=None) -> Store:

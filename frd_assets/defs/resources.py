@@ -12,7 +12,7 @@ from frd_assets.core import settings
 from frd_assets.core.lora.kubernetes import K8S_WORKERS_ENV, KubernetesWorkers
 from frd_assets.core.lora.study_storage import default_storage_url
 from frd_assets.core.models import DEFAULT_MODEL
-from frd_assets.core.store import LocalStore, S3Store, Store, default_local_root
+from frd_assets.core.store import LocalStore, S3Store, Store
 
 
 def resolved(value):
@@ -45,7 +45,7 @@ class StoreResource(ConfigurableResource):
             return S3Store.connect(
                 resolved(self.endpoint), resolved(self.access_key) or "", resolved(self.secret_key) or ""
             )
-        return LocalStore(self.local_root or default_local_root())
+        return LocalStore(self.local_root or settings.local_store_root())
 
 
 class TeacherResource(ConfigurableResource):
@@ -150,11 +150,12 @@ class LoraResource(ConfigurableResource):
 
     def trial_workers(self) -> KubernetesWorkers | None:
         """KubernetesWorkers when FRD_K8S_TRIAL_WORKERS configures pods, else None: local processes."""
-        return KubernetesWorkers.from_env({K8S_WORKERS_ENV: self.k8s_trial_workers})
+        return KubernetesWorkers.from_json(self.k8s_trial_workers)
 
 
 def _checked_k8s_trial_workers(env: Mapping[str, str]) -> str:
     """FRD_K8S_TRIAL_WORKERS as set, refused when the code location loads if it does not describe pods."""
-    KubernetesWorkers.from_env(env)
-    return env.get(K8S_WORKERS_ENV, "").strip()
+    text = env.get(K8S_WORKERS_ENV, "").strip()
+    KubernetesWorkers.from_json(text)
+    return text
 

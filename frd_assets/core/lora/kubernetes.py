@@ -84,7 +84,12 @@ class KubernetesWorkers:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "KubernetesWorkers | None":
         """The workers FRD_K8S_TRIAL_WORKERS describes, or None (unset: local worker processes)."""
-        text = (os.environ if env is None else env).get(K8S_WORKERS_ENV, "").strip()
+        return cls.from_json((os.environ if env is None else env).get(K8S_WORKERS_ENV, ""))
+
+    @classmethod
+    def from_json(cls, text: str) -> "KubernetesWorkers | None":
+        """The workers a FRD_K8S_TRIAL_WORKERS value describes, or None when it is empty."""
+        text = text.strip()
         if not text:
             return None
         try:
@@ -102,7 +107,7 @@ class KubernetesWorkers:
         from kubernetes.client.exceptions import ApiException
         from kubernetes.config.config_exception import ConfigException
 
-        from frd_assets.core.lora.worker import STORAGE_ENV
+        from frd_assets.core.lora.study_storage import STORAGE_ENV
 
         if os.environ.get(STORAGE_ENV) != storage_url:
             raise ValueError(

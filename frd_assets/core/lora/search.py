@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
+from frd_assets.core.lora.study_storage import engine_kwargs
 from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, evaluate_loss
 from frd_assets.core.records import Record
 
@@ -88,9 +89,9 @@ class SearchSettings:
             return optuna.pruners.HyperbandPruner()
         return optuna.pruners.NopPruner()
 
-    def make_sampler(self, n_trials: int, *, seed: int | None = None):
-        """TPE seeded with `seed` (default self.seed): each trial process gets its own, or every fresh
-        process would draw the same random start points."""
+    def make_sampler(self, n_trials: int, *, seed: int):
+        """TPE seeded with `seed`: each trial process gets its own, or every fresh process would draw the
+        same random start points."""
         import optuna
 
         # TPE samples at random for n_startup_trials (10 by default): scale it down so a short search is
@@ -98,7 +99,7 @@ class SearchSettings:
         startup = self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, n_trials // 3))
         return optuna.samplers.TPESampler(
             multivariate=True,
-            seed=self.seed if seed is None else seed,
+            seed=seed,
             n_startup_trials=startup,
             # With trials running side by side, count the running ones as bad results so that the workers
             # do not all sample next to the same promising point (Optuna's advice for parallel TPE).
@@ -146,24 +147,21 @@ def study_storage(url: str, settings: SearchSettings):
     """The study's RDB storage, shared by the search and every trial worker."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    engine_kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        # Several trial processes write one SQLite file: wait up to a minute for its lock instead of failing
-        # with "database is locked" at once, and let readers go on while one writes (WAL).
-        engine_kwargs["connect_args"] = {"timeout": 60}
-        _use_wal(url)
+        _use_wal(url)  # readers go on while one trial process writes
     # Heartbeats mark a trial whose process died as failed; the callback queues it again once.
     return RDBStorage(
         url,
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=settings.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        engine_kwargs=engine_kwargs,
+        engine_kwargs=engine_kwargs(url),
     )
 
 
 def _use_wal(url: str) -> None:
-    """Switches an SQLite file to write-ahead logging; the mode is kept in the file, so this runs once."""
+    """Switches an SQLite file to write-ahead logging. The mode is kept in the file, so after the first call
+    this only confirms it; every process that opens the storage calls it, whoever created the file."""
     import sqlite3
     from contextlib import closing
 
@@ -217,11 +215,11 @@ def run_search(
     evals = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in eval_records]
     pad_id = tokenizer.pad_token_id
 
+    # No sampler or pruner here: they are not stored with the study, and only the trial workers ask it for
+    # trials (worker.py loads it with both).
     study = optuna.create_study(
         study_name=study_name,
         storage=study_storage(storage_url, settings),
-        sampler=settings.make_sampler(n_trials),
-        pruner=settings.make_pruner(),
         direction="minimize",
         load_if_exists=True,
     )

@@ -27,6 +27,16 @@ def study_storage_url(env: Mapping[str, str] | None = None) -> str:
     return settings.secret(STORAGE_ENV, env) or default_storage_url(env)
 
 
+def engine_kwargs(url: str) -> dict:
+    """SQLAlchemy engine options for a study storage, the same for the search, its workers and the dashboard:
+    several trial processes write one SQLite file, so a connection waits up to a minute for its lock
+    instead of failing with "database is locked" at once."""
+    kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+    return kwargs
+
+
 def redacted(url: str) -> str:
     """The URL with its password, if any, replaced by ***: safe to print."""
     from sqlalchemy.engine import make_url

@@ -69,21 +69,9 @@ class SearchJob:
     evals: tuple[Example, ...]
 
     def write(self, path: Path) -> None:
-        data = {
-            "study_name": self.study_name,
-            "base_model": self.base_model,
-            "n_trials": self.n_trials,
-            "work_dir": self.work_dir,
-            "pad_id": self.pad_id,
-            "training": asdict(self.training),
-            "space": asdict(self.space),
-            "settings": asdict(self.settings),
-            "train": [asdict(e) for e in self.train],
-            "evals": [asdict(e) for e in self.evals],
-        }
         # Written beside and renamed over: a worker starting meanwhile reads the old file or the new one.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(json.dumps(asdict(self)))  # asdict recurses into the configs and the examples
         os.replace(tmp, path)
 
     @classmethod
@@ -141,12 +129,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _finished_and_running(study) -> tuple[int, list]:
+def _trial_states(study) -> tuple[int, list, int]:
+    """(finished trials, the RUNNING trials, failed trials) from one read of the study."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    return finished, [t for t in trials if t.state == TrialState.RUNNING]
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    return finished, [t for t in trials if t.state == TrialState.RUNNING], failed
 
 
 def _worker_of(trial) -> dict | None:
@@ -252,7 +242,7 @@ def run_one_trial(job: SearchJob, storage_url: str, *, sampler_seed: int, print_
         pruner=settings.make_pruner(),
     )
     # The pool's count (run_pool): a trial another pool or pod started meanwhile may leave none for this one.
-    finished, running = _finished_and_running(study)
+    finished, running, _ = _trial_states(study)
     in_flight = len(_recorded(running))
     if finished + in_flight >= job.n_trials:
         print_fn(f"study {job.study_name} needs no more trials ({finished} finished, {in_flight} running)")
@@ -366,14 +356,12 @@ def run_pool(
     in this call as were left to finish, like the single-process search it replaces.
     """
     import optuna
-    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.load_study(study_name=job.study_name, storage=study_storage(storage_url, job.settings))
     fail_dead_workers(study, print_fn)
-    failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-    finished, _ = _finished_and_running(study)
+    finished, _, failed_before = _trial_states(study)
     give_up_at = max(1, job.n_trials - finished)
     threads = threads_per_worker(n_workers)
     gpus = visible_gpus()
@@ -408,8 +396,8 @@ def run_pool(
                 print_fn(lines.get_nowait())
             fail_dead_workers(study, print_fn)
             optuna.storages.fail_stale_trials(study)  # dead workers elsewhere, once their heartbeat is stale
-            finished, running = _finished_and_running(study)
-            failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - failed_before
+            finished, running, failed_now = _trial_states(study)
+            failed = failed_now - failed_before
             if finished >= job.n_trials or failed >= give_up_at:
                 if not workers:
                     break
