@@ -93,6 +93,8 @@ class SchemaLogitsProcessor:
                     self.finished[row] = True
                     if matcher.is_error():
                         self.errors[row] = matcher.get_error()
+        if all(self.finished):  # every constrained row is done (free rows may go on): nothing left to mask
+            return scores
         words = (self.vocab_size + 31) // 32
         bitmask = np.full((len(self.matchers), words), -1, dtype=np.int32)
         for row, matcher in enumerate(self.matchers):

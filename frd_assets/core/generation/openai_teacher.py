@@ -17,7 +17,6 @@ supports_json_schema false, so the loop asks in the text format from then on.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import threading
@@ -30,13 +29,14 @@ import requests
 
 from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teacher_types import Completion, SamplingParams
+from frd_assets.core.records import loads_strict_json
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def _is_json(text: str) -> bool:
     try:
-        json.loads(text)
+        loads_strict_json(text)  # ValueError only: a reply nested too deep is no JSON, not a crash
     except ValueError:
         return False
     return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from frd_assets.core.generation.openai_teacher import OpenAICompatibleTeacher
 from frd_assets.core.generation.prompts import ChatPrompt
 
 # Re-exported: callers build SamplingParams and read Completions from here, beside make_teacher.
@@ -157,6 +156,9 @@ def make_teacher(
             raise ValueError("teacher backend 'openai' needs a base URL: set TEACHER_BASE_URL (e.g. http://host:8000/v1)")
         if not model:
             raise ValueError("teacher backend 'openai' needs a model name: set TEACHER_MODEL to the served model")
+        # Imported here: the HTTP teacher brings requests, which a run on the local teacher never needs.
+        from frd_assets.core.generation.openai_teacher import OpenAICompatibleTeacher
+
         return OpenAICompatibleTeacher(base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
                                        max_concurrency=max_concurrency)
     raise ValueError(f"unknown teacher backend {backend!r}: use one of {', '.join(TEACHER_BACKENDS)}")
