@@ -1,8 +1,10 @@
-"""ROUGE-L F exactly as rouge-score defines it (bit for bit), computed with rapidfuzz's C++ LCS.
+"""ROUGE-L F as rouge-score defines it, over the project's words (`metrics.text_units`), with rapidfuzz's LCS.
 
-rouge-score lowercases, replaces every character outside [a-z0-9] with a space and splits; so text with no
-Latin letters or digits (Chinese, say) has no tokens and scores 0 even against itself. We keep that
-definition on purpose: the number must match the reference library that the Self-Instruct filter uses.
+Text whose letters and digits are all ASCII is split exactly as rouge-score splits it (lowercase, every
+character outside [a-z0-9] a space), so on English the number matches the reference library that the
+Self-Instruct filter uses, bit for bit. rouge-score's rule sees no word at all in Russian or Chinese, so two
+identical such texts would score 0; other text is split by the Unicode rule of `text_units` instead (runs of
+letters and digits; one word per character in scripts without spaces), and the signature says so.
 
 Speed: each distinct token is mapped to one character, so a token sequence becomes a string and the LCS
 of two sequences is rapidfuzz's `LCSseq.similarity` (a bit-parallel C++ LCS). F is then computed as
@@ -12,7 +14,6 @@ enough to flip a decision at exactly 0.7. rapidfuzz's `normalized_similarity` is
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -20,10 +21,10 @@ import rapidfuzz
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+from frd_assets.core.metrics.text_units import TOKENIZER_SIGNATURE, words
 
 SIGNATURE = (
-    "rouge_l|definition:rouge_score-0.1.2|tokenizer:rouge_score-default|stemmer:no"
+    f"rouge_l|definition:rouge_score-0.1.2|{TOKENIZER_SIGNATURE}|stemmer:no"
     f"|impl:rapidfuzz-{rapidfuzz.__version__}"
 )
 
@@ -32,11 +33,6 @@ class RougeLScore(NamedTuple):
     precision: float
     recall: float
     fmeasure: float
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """rouge-score's default tokenizer without a stemmer."""
-    return [t for t in _NON_ALNUM.sub(" ", text.lower()).split() if t]
 
 
 def _code_point(index: int) -> str:
@@ -53,7 +49,7 @@ class TokenEncoder:
     def encode(self, text: str) -> str:
         codes = self._codes
         out = []
-        for tok in rouge_tokens(text):
+        for tok in words(text):
             ch = codes.get(tok)
             if ch is None:
                 ch = codes[tok] = _code_point(len(codes))
@@ -73,7 +69,8 @@ def rouge_l(target: str, prediction: str) -> RougeLScore:
 
 
 def rouge_l_f(target: str, prediction: str) -> float:
-    """Equals RougeScorer(["rougeL"]).score(target, prediction)["rougeL"].fmeasure."""
+    """Equals RougeScorer(["rougeL"]).score(target, prediction)["rougeL"].fmeasure where both texts' letters and
+    digits are ASCII; elsewhere, RougeScorer(["rougeL"], tokenizer=<text_units.words>) does."""
     return rouge_l(target, prediction).fmeasure
 
 
