@@ -51,14 +51,15 @@ def near(texts, references=(), threshold=0.7, shingle_size=1, num_perm=128):
 @pytest.mark.parametrize(
     "text, size, expected",
     [
-        ("Write a POEM, please!", 1, {"write", "a", "poem", "please"}),  # ROUGE-L tokens: case and punctuation go
+        ("Write a POEM, please!", 1, {"write", "a", "poem", "please"}),  # rouge-score's tokens: case and punctuation go
         ("Write a poem please", 2, {"write a", "a poem", "poem please"}),
         ("Write a poem", 3, {"write a poem"}),
         ("Write", 3, {"write"}),  # shorter than a shingle: one shingle of all its tokens
-        ("把这句话翻译成英文", 1, set()),  # no Latin letters or digits: no tokens, nothing to compare
+        ("把这句话翻译", 1, {"把", "这", "句", "话", "翻", "译"}),  # Chinese: one word per character
+        ("!!! ...", 1, set()),  # no letter or digit of any script: no words, nothing to compare
     ],
 )
-def test_shingles_are_word_ngrams_of_rouge_tokens(text, size, expected):
+def test_shingles_are_word_ngrams_of_text_units(text, size, expected):
     assert shingles(text, size) == expected
 
 
@@ -127,10 +128,10 @@ def test_near_duplicates_of_the_seed_are_found_and_a_seed_wins_a_tie():
     assert (result[0].of_reference, result[0].other, result[0].jaccard) == (True, 1, 1.0)
 
 
-def test_texts_without_tokens_are_kept_by_minhash_and_caught_exactly_by_the_gate():
-    chinese = "把这句话翻译成英文"
-    assert near([chinese, chinese]) == [None, None]
-    report = validate(GOOD + [row(chinese), row(chinese)], SEEDS, ValidationConfig())
+def test_texts_without_words_are_kept_by_minhash_and_caught_exactly_by_the_gate():
+    symbols = "\U0001f642 \u2192 \u2605\u2605\u2605 ?!"  # no letter or digit of any script (Chinese has words now)
+    assert near([symbols, symbols]) == [None, None]
+    report = validate(GOOD + [row(symbols), row(symbols)], SEEDS, ValidationConfig())
     assert report.invalid_records == {"duplicate": 1}
 
 
@@ -174,10 +175,10 @@ COPIES_REFERENCE = row("What colour is the sky?",
 
 def longest_shared_run(record, task) -> int:
     """The longest word n-gram the record and the task share: proves each example is what its name says."""
-    from frd_assets.core.metrics.rouge_l import rouge_tokens
+    from frd_assets.core.metrics.text_units import words
 
-    a = rouge_tokens(" ".join([record["instruction"], record["input"], record["output"]]))
-    b = " " + " ".join(rouge_tokens(" ".join([task.instruction, task.input, task.reference]))) + " "
+    a = words(" ".join([record["instruction"], record["input"], record["output"]]))
+    b = " " + " ".join(words(" ".join([task.instruction, task.input, task.reference]))) + " "
     return max((n for n in range(1, len(a) + 1) for i in range(len(a) - n + 1)
                 if f" {' '.join(a[i:i + n])} " in b), default=0)
 

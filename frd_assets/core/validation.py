@@ -8,9 +8,8 @@ judge is the only check that costs model calls, so it sees the fewest records. T
 the kept records against every gate's threshold and gives the verdict.
 
 Exact repeats within the set keep their own reason, `duplicate` (same instruction and input after case
-and surrounding space), because that check needs no tokens and so also covers text with no Latin letters
-or digits, which the ROUGE-L normalisation and hence MinHash cannot see. Exact and near copies of a seed
-task are both `near_duplicate`.
+and surrounding space), because that check needs no words and so also covers text with no letter or digit
+at all, which MinHash cannot see. Exact and near copies of a seed task are both `near_duplicate`.
 """
 
 from __future__ import annotations

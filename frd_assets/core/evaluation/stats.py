@@ -31,7 +31,8 @@ class Interval(NamedTuple):
 
 
 def rouge_l_scores(references: Sequence[str], answers: Sequence[str]) -> list[float]:
-    """ROUGE-L F of each answer against its reference (rouge-score's definition, see metrics.rouge_l)."""
+    """ROUGE-L F of each answer against its reference (rouge-score's definition over the project's words,
+    see metrics.rouge_l): Russian or Chinese answers score by their own words, not 0."""
     if len(references) != len(answers):
         raise ValueError(f"{len(references)} references but {len(answers)} answers; they must pair up")
     return [rouge_l_f(ref, ans) for ref, ans in zip(references, answers, strict=True)]

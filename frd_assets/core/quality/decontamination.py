@@ -3,8 +3,9 @@
 A model that has seen an evaluation task (its instruction, its input or its reference answer) in training
 scores well on it for the wrong reason, and the held-out comparison stops measuring anything. The rule is
 the one GPT-3 and most later reports use, with a shorter n for short instructions: any shared word n-gram
-(default 8) between a record and a task, after the ROUGE-L normalisation (lower case, runs of anything but
-[a-z0-9] are one separator), marks the record as contaminated.
+(default 8) between a record and a task, in the words every text measure uses (`metrics.text_units`:
+rouge-score's tokens for English, runs of letters for Russian or Arabic, one character for Chinese), marks
+the record as contaminated.
 
 Each side is one token stream: a record's instruction, input and output, a task's instruction, input and
 reference, in that order. So a copied instruction plus input is caught even when each is shorter than n;
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
 from frd_assets.core.evaluation.tasks import EvalTask
-from frd_assets.core.metrics.rouge_l import rouge_tokens
+from frd_assets.core.metrics.text_units import TOKENIZER_SIGNATURE, words
 from frd_assets.core.records import Record
 
 # The validation gate takes held-out seed rows as canonical Records (output is the reference) or tasks
@@ -30,8 +31,8 @@ def _reference(task: EvalSource) -> str:
 
 
 def word_ngrams(texts: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
-    """The word n-grams of the texts' ROUGE-L tokens, read as one stream."""
-    tokens = [t for text in texts for t in rouge_tokens(text)]
+    """The word n-grams of the texts' words (`text_units.words`), read as one stream."""
+    tokens = [t for text in texts for t in words(text)]
     # The shifted copies differ in length on purpose: zip stops at the last full window.
     return zip(*(tokens[i:] for i in range(n)), strict=False)
 
@@ -75,4 +76,4 @@ class EvalNgramIndex:
 
 
 def signature(n: int, tasks: int) -> str:
-    return f"decontamination|word-{n}-gram|tokenizer:rouge_score-default|fields:instruction+input+output|tasks:{tasks}"
+    return f"decontamination|word-{n}-gram|{TOKENIZER_SIGNATURE}|fields:instruction+input+output|tasks:{tasks}"

@@ -12,9 +12,11 @@ estimate, and extra candidates cost only a set intersection each.
 Texts are processed in order; a text is dropped when it is at least `threshold` similar to a reference
 text (the seed tasks) or to an earlier text that was kept, so the first text of each cluster stays.
 
-Shingles are word n-grams of the ROUGE-L tokens. A text with fewer tokens than the shingle size is one
-shingle of all its tokens; a text with no tokens (no Latin letters or digits) has no shingles, cannot be
-compared, and is kept (exact duplicates of it are caught by the validation gate's exact check).
+Shingles are word n-grams of the project's words (`metrics.text_units`, the rule ROUGE-L uses): a word of
+Russian or Arabic is a run of letters, a word of Chinese or Thai one character. A text with fewer words than
+the shingle size is one shingle of all its words; a text with no words (no letter or digit of any script)
+has no shingles, cannot be compared, and is kept (exact duplicates of it are caught by the validation gate's
+exact check).
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from typing import Sequence
 from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
 
-from frd_assets.core.metrics.rouge_l import rouge_tokens
+from frd_assets.core.metrics.text_units import TOKENIZER_SIGNATURE, words
 
 LSH_RECALL = 0.98  # chance that LSH proposes a pair whose Jaccard is exactly the threshold; more above it
 MINHASH_SEED = 1  # fixed: the same texts always give the same signatures, candidates and result
 
 
 def shingles(text: str, size: int) -> frozenset[str]:
-    """The set of word n-grams (n = size) of text's ROUGE-L tokens, each joined by one space."""
-    tokens = rouge_tokens(text)
+    """The set of word n-grams (n = size) of text's words (`text_units.words`), each joined by one space."""
+    tokens = words(text)
     if len(tokens) <= size:
         return frozenset((" ".join(tokens),)) if tokens else frozenset()
     return frozenset(" ".join(tokens[i : i + size]) for i in range(len(tokens) - size + 1))
@@ -69,7 +71,7 @@ def lsh_signature(*, threshold: float, shingle_size: int, num_perm: int) -> str:
     bands, rows = lsh_bands(threshold, num_perm)
     return (
         f"near_duplicate|minhash:datasketch-{version('datasketch')}|num_perm:{num_perm}|seed:{MINHASH_SEED}"
-        f"|lsh:{bands}x{rows}|shingles:word-{shingle_size}-gram|tokenizer:rouge_score-default"
+        f"|lsh:{bands}x{rows}|shingles:word-{shingle_size}-gram|{TOKENIZER_SIGNATURE}"
         f"|jaccard>={threshold:g}|confirmed:exact"
     )
 
