@@ -66,7 +66,21 @@ def test_instruction_prompt_numbers_examples_and_prefills_next_number():
         ("Write a program that sorts numbers.", False, "write_a_program"),
         ("- Write a poem about the sea.", False, "leading_punctuation"),
         ("1234 5678 9012", False, "non_text"),
-        ("Ünïcode first letter task here", False, "non_text"),
+        ("\U0001f642 Write a poem about the sea.", False, "leading_punctuation"),  # a symbol first (So)
+        ("\u00a0\u2003 12 34 56", False, "non_text"),  # no letter of any script
+        # issue 19: each was dropped before (non_text, or too_short counting words by spaces)
+        ("Ünïcode first letter task here", False, None),
+        ("Écris un poème sur la mer en été.", False, None),
+        ("Напиши короткое стихотворение о море.", False, None),
+        ("写一首关于大海的短诗。", False, None),
+        ("«Напиши» короткое стихотворение.", False, "leading_punctuation"),  # « is Pi: punctuation in any script
+        ("【写】一首关于大海的短诗。", False, "leading_punctuation"),
+        ("你好", False, "too_short"),  # two characters: two words
+        ("Нарисуй кота в шляпе, пожалуйста.", False, "blacklisted_word"),
+        ("Опиши, что изображено на картинке ниже.", False, "blacklisted_word"),
+        ("请根据这张图片写一段描述。", False, "blacklisted_word"),
+        ("Напишите программу, которая сортирует числа.", False, "write_a_program"),
+        ("编写一个程序，对数字进行排序。", False, "write_a_program"),
     ],
 )
 def test_filters(instruction, truncated, reason):

@@ -27,6 +27,7 @@ from frd_assets.core.metrics.bleu import corpus_bleu, self_bleu
 from frd_assets.core.metrics.json_checks import REQUIRED_FIELDS, record_problem
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.rouge_l import TokenEncoder, f_matrix
+from frd_assets.core.metrics.text_units import TOKENIZER_SIGNATURE
 from frd_assets.core.quality import decontamination, near_duplicates
 from frd_assets.core.quality.decontamination import EvalNgramIndex, EvalSource
 from frd_assets.core.quality.record_judge import RECORD_RUBRIC_VERSION, RecordScores, score_records
@@ -181,6 +182,7 @@ def read_records(data: bytes) -> tuple[list[Any], Counter]:
 def record_checks_signature(config: ValidationConfig) -> str:
     return (
         f"record_checks|fields:{','.join(REQUIRED_FIELDS)}|max_instruction_words:{config.max_instruction_words}"
+        f"|words:{TOKENIZER_SIGNATURE}"
         f"|max_output_chars:{config.max_output_chars}|json:asked-for-or-starts-with-brace|dedup:instruction+input"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import loads_strict_json
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
@@ -28,7 +29,8 @@ def record_problem(row: Any, *, max_instruction_words: int, max_output_chars: in
         return "empty_instruction"
     if not row["output"].strip():
         return "empty_output"
-    if len(row["instruction"].split()) > max_instruction_words:
+    # Words by the text-unit rule, as the generation filters count them: a Chinese instruction has no spaces.
+    if len(words(row["instruction"])) > max_instruction_words:
         return "instruction_too_long"
     if len(row["output"]) > max_output_chars:
         return "output_too_long"
