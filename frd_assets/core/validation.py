@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 import numpy as np
 
 from frd_assets.core.config_checks import SEED, Integer, Number, check_fields
-from frd_assets.core.metrics.bleu import corpus_bleu, self_bleu
+from frd_assets.core.metrics.bleu import bleu_tokenizer, corpus_bleu, self_bleu
 from frd_assets.core.metrics.json_checks import REQUIRED_FIELDS, record_problem
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.rouge_l import TokenEncoder, f_matrix
@@ -372,14 +372,19 @@ def screen_records(
 
 
 def novelty_gates(
-    instructions: Sequence[str], seed_instructions: Sequence[str], config: ValidationConfig
+    instructions: Sequence[str],
+    seed_instructions: Sequence[str],
+    config: ValidationConfig,
+    *,
+    bleu_tokenize: str | None = None,
 ) -> list[Gate]:
     """Too close to the seed means copying: mean of each record's max ROUGE-L F to any seed instruction,
-    and corpus BLEU of the instructions against their nearest (by ROUGE-L) seed instruction."""
+    and corpus BLEU of the instructions against their nearest (by ROUGE-L) seed instruction.
+    bleu_tokenize: sacrebleu's tokenizer for the dataset's language; None picks it from these texts."""
     enc = TokenEncoder()
     f = f_matrix([enc.encode(s) for s in instructions], [enc.encode(s) for s in seed_instructions])
     nearest = f.argmax(axis=1)
-    bleu = corpus_bleu(instructions, [seed_instructions[i] for i in nearest])
+    bleu = corpus_bleu(instructions, [seed_instructions[i] for i in nearest], tokenize=bleu_tokenize)
     return [
         _gate("seed_rouge_l_mean", f.max(axis=1).mean(), config.max_seed_rouge_l, at_most=True,
               signature=ROUGE_SIGNATURE),
@@ -387,12 +392,15 @@ def novelty_gates(
     ]
 
 
-def diversity_gates(instructions: Sequence[str], config: ValidationConfig) -> list[Gate]:
-    """A set that repeats itself: self-BLEU and mean pairwise ROUGE-L F on one seeded sample."""
+def diversity_gates(
+    instructions: Sequence[str], config: ValidationConfig, *, bleu_tokenize: str | None = None
+) -> list[Gate]:
+    """A set that repeats itself: self-BLEU and mean pairwise ROUGE-L F on one seeded sample.
+    bleu_tokenize: as in novelty_gates."""
     sample = list(instructions)
     if len(sample) > config.self_bleu_sample:
         sample = random.Random(config.seed).sample(sample, config.self_bleu_sample)
-    sb = self_bleu(sample, sample_size=len(sample), seed=config.seed)
+    sb = self_bleu(sample, sample_size=len(sample), seed=config.seed, tokenize=bleu_tokenize)
     enc = TokenEncoder()
     encoded = [enc.encode(s) for s in sample]
     pair = f_matrix(encoded, encoded)
@@ -421,14 +429,17 @@ def validate(
     eval_tasks: Sequence[EvalSource] = (),
     judge: Judge | None = None,
     unreadable: Counter | None = None,
+    language: str | None = None,
 ) -> ValidationReport:
     """The gate. rows are parsed records of any shape; unreadable counts lines that did not even parse.
 
     seed: the seed tasks (seed_dataset's rows, Records or bare instructions), for the novelty gates and the
     near-duplicate check. eval_tasks: the tasks the adapter is evaluated on (held-out seed Records or
     EvalTasks); records sharing a word n-gram with one are dropped. judge: make_judge's Judge, to score
-    each record; None leaves the judge gate out, and the report says so. Seed gates need seed tasks and
-    diversity gates two kept records; absent, they are not reported."""
+    each record; None leaves the judge gate out, and the report says so. language: the seed's ISO 639
+    code, which picks BLEU's tokenizer (`metrics.bleu.bleu_tokenizer`); None reads the script of the seed
+    instructions (of the kept ones without a seed). Seed gates need seed tasks and diversity gates two kept
+    records; absent, they are not reported."""
     screened = screen_records(rows, seed, config, eval_tasks=eval_tasks, judge=judge)
     invalid = screened.invalid
     invalid.update(unreadable or {})
@@ -441,10 +452,13 @@ def validate(
     ]
     instructions = [r["instruction"] for r in kept]
     seed_instructions = [_seed_text(t)[0] for t in seed]
+    # One tokenizer for both BLEU gates, from the seed: the dataset's language is the seed's, and a few
+    # off-script records must not switch the tokenizer under the other gate.
+    tokenize = bleu_tokenizer(seed_instructions or instructions, language=language)
     if instructions and seed_instructions:
-        gates += novelty_gates(instructions, seed_instructions, config)
+        gates += novelty_gates(instructions, seed_instructions, config, bleu_tokenize=tokenize)
     if len(instructions) >= 2:
-        gates += diversity_gates(instructions, config)
+        gates += diversity_gates(instructions, config, bleu_tokenize=tokenize)
     note = NO_JUDGE_NOTE
     if screened.scores is not None:
         gates.append(judge_gate(screened.scores, config))

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
-from typing import Iterable
 
 import regex
 
@@ -60,50 +58,3 @@ def words(text: str) -> list[str]:
     if follows_rouge_score(text):
         return _NON_ALNUM.sub(" ", text.lower()).split()
     return _UNIT.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
-# Which sacrebleu tokenizer fits a script. `zh` splits Han characters and tokenizes the rest as 13a; `char`
-# splits every character, for scripts without spaces that have no segmenter here (Japanese: ja-mecab needs
-# MeCab; Thai, Lao, Khmer, Myanmar: flores200 downloads its SentencePiece model on first use, so it is not
-# offline). Every other script separates words with spaces, which 13a expects.
-_HAN = regex.compile(r"\p{Han}")
-_KANA = regex.compile(r"[\p{Hiragana}\p{Katakana}]")
-_OTHER_NO_SPACE = regex.compile(r"[\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
-_CHAR_LANGUAGES = frozenset({"ja", "th", "lo", "km", "my"})
-_ZH_LANGUAGES = frozenset({"zh", "yue", "wuu", "gan", "hak", "nan"})  # written in Han characters
-
-
-def bleu_tokenizer(texts: Iterable[str] = (), *, language: str | None = None) -> str:
-    """The sacrebleu tokenizer ("13a", "zh" or "char") that fits a language or, without one, the texts.
-
-    language: an ISO 639 code ("ru", "zh", "zh-Hant", "ja"), trusted when given. Without it the dominant
-    script decides, counted in words of the unicode-v1 rule (one per Han character, one per Russian word),
-    so an English product name inside a Chinese sentence does not make it English. Japanese is told from
-    Chinese by its kana."""
-    if language:
-        code = language.strip().lower().replace("_", "-").split("-")[0]
-        if code in _ZH_LANGUAGES:
-            return "zh"
-        return "char" if code in _CHAR_LANGUAGES else "13a"
-    counts: Counter[str] = Counter()
-    for text in texts:
-        if follows_rouge_score(text):
-            counts["spaced"] += len(_NON_ALNUM.sub(" ", text.lower()).split())
-            continue
-        for word in words(text):
-            first = word[0]
-            if _HAN.match(first):
-                counts["han"] += 1
-            elif _KANA.match(first):
-                counts["kana"] += 1
-            elif _OTHER_NO_SPACE.match(first):
-                counts["other_no_space"] += 1
-            else:
-                counts["spaced"] += 1
-    no_space = counts["han"] + counts["kana"] + counts["other_no_space"]
-    if no_space <= counts["spaced"]:
-        return "13a"
-    # Japanese writes most words in kana around its kanji; Chinese has none.
-    if counts["han"] >= counts["other_no_space"] and counts["kana"] * 10 < counts["han"]:
-        return "zh"
-    return "char"
