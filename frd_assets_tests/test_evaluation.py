@@ -39,6 +39,7 @@ from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teachers import SamplingParams, TransformersTeacher
 from frd_assets.core.lora.data import user_message
 from frd_assets.core.metrics.rouge_l import rouge_l_f
+from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import parse_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,7 +307,8 @@ def test_report_has_exactly_the_documented_keys(report):
     assert tuple(d) == REPORT_KEYS == (
         "n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds", "samples"
     )
-    assert set(d["rouge_l"]) == {"base", "adapter", "diff", "diff_ci"}
+    assert set(d["rouge_l"]) == {"base", "adapter", "diff", "diff_ci", "signature"}
+    assert "tokenizer:unicode-v1" in d["rouge_l"]["signature"]
     assert set(d["length"]) == {"base_words", "adapter_words"}
     assert d["judge"] is None
     assert (d["n"], d["skipped"]) == (12, 2)
@@ -331,7 +333,7 @@ def test_report_figures_follow_from_the_rows(report):
     assert lo <= report.rouge_diff <= hi
     assert report.adapter_beats_base == (tuned > base)
     assert report.interval_excludes_no_difference == (lo > 0 or hi < 0)
-    assert report.base_words == pytest.approx(sum(len(r["base"].split()) for r in rows) / 12)
+    assert report.base_words == pytest.approx(sum(len(words(r["base"])) for r in rows) / 12)
     assert report.tokens_per_second > 0
 
 

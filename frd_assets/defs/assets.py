@@ -422,6 +422,7 @@ def adapter_evaluation(
             "rouge_l_adapter": figures["rouge_l"]["adapter"],
             "rouge_l_diff": figures["rouge_l"]["diff"],
             "rouge_l_diff_ci": MetadataValue.json(figures["rouge_l"]["diff_ci"]),
+            "rouge_l_signature": figures["rouge_l"]["signature"],
             **({"win_rate": judged["win_rate"], "win_rate_ci": MetadataValue.json(judged["win_rate_ci"]),
                 "position_consistency": judged["position_consistency"]} if judged else {}),
             "base_words": figures["length"]["base_words"],

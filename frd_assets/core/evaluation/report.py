@@ -27,6 +27,8 @@ from frd_assets.core.evaluation.stats import (
     win_rate,
 )
 from frd_assets.core.evaluation.tasks import EvalTask
+from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
+from frd_assets.core.metrics.text_units import words
 from frd_assets.core.models import DEFAULT_MODEL, ModelNotFound, resolve_model
 from frd_assets.core.settings import lora_settings
 
@@ -119,6 +121,7 @@ class EvaluationReport:
                 "adapter": self.rouge_adapter,
                 "diff": self.rouge_diff,
                 "diff_ci": [self.rouge_diff_ci.low, self.rouge_diff_ci.high],
+                "signature": ROUGE_SIGNATURE,
             },
             "judge": self.judge.to_dict() if self.judge else None,
             "length": {"base_words": self.base_words, "adapter_words": self.adapter_words},
@@ -221,7 +224,8 @@ def _cell(text: str, *, limit: int | None = None) -> str:
 
 
 def _words(texts: Sequence[str]) -> float:
-    return mean([len(t.split()) for t in texts])
+    # The words ROUGE-L counts: a Chinese answer has no spaces, so split() would make it one word.
+    return mean([len(words(t)) for t in texts])
 
 
 def evaluate_adapter(
