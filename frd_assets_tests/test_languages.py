@@ -1,0 +1,280 @@
+"""Issue 19: every text measure protects Russian, Chinese, French, Arabic and English alike.
+
+One small data set per language, written for these tests (no translation of the sample seed): seed tasks,
+distinct records, a record that differs from a distinct one by a word or a character, a copy of a seed task
+and a copy of an evaluation task. Each test runs the same table over the five languages; English is there
+to show that nothing changed for it (its words are still exactly rouge-score's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from rouge_score.rouge_scorer import RougeScorer
+
+from frd_assets.core.evaluation import EvalTask
+from frd_assets.core.evaluation.stats import rouge_l_scores
+from frd_assets.core.generation.filters import FilterConfig, instruction_reject_reason
+from frd_assets.core.metrics.bleu import bleu_tokenizer
+from frd_assets.core.metrics.rouge_l import NoveltyIndex, rouge_l_f
+from frd_assets.core.metrics.text_units import words
+from frd_assets.core.quality.decontamination import EvalNgramIndex
+from frd_assets.core.quality.near_duplicates import find_near_duplicates
+from frd_assets.core.validation import READY, ValidationConfig, validate
+
+
+def rec(instruction: str, input: str = "", output: str = "\u2026") -> dict[str, str]:
+    return {"instruction": instruction, "input": input, "output": output}
+
+
+@dataclass(frozen=True)
+class LanguageSet:
+    language: str  # ISO 639-1
+    seed: list[str]
+    distinct: list[dict[str, str]]  # different tasks: all must be kept
+    near_copy: dict[str, str]  # distinct[0] with one word or character changed
+    seed_copy: dict[str, str]  # seed[0], with other case or punctuation
+    eval_task: EvalTask
+    eval_copy: dict[str, str]  # shares a run of eight words (Chinese: characters) with eval_task
+    bleu_tokenizer: str
+
+
+RUSSIAN = LanguageSet(
+    "ru",
+    seed=[
+        "Придумай три вопроса для викторины о Солнечной системе.",
+        "Объясни простыми словами, почему зимой рано темнеет.",
+        "Составь список покупок для ужина на четверых.",
+        "Переведи фразу на английский язык и объясни выбор слов.",
+    ],
+    distinct=[
+        rec("Предложи название для пекарни в маленьком городе.", output="«Тёплый каравай»."),
+        rec("Как вежливо отказаться от приглашения на день рождения коллеги?",
+            output="Поблагодарите за приглашение и скажите, что в этот день у вас уже есть планы."),
+        rec("Найди ошибку в предложении и исправь её.", "Мы пошли в кино не смотря на дождь.",
+            "Мы пошли в кино, несмотря на дождь."),
+        rec("Сколько минут в трёх с половиной часах?", output="210 минут."),
+        rec("Опиши осенний лес в двух предложениях.",
+            output="Листья шуршат под ногами. Воздух пахнет грибами и сыростью."),
+    ],
+    near_copy=rec("Предложи название для кофейни в маленьком городе.", output="«Утренняя чашка»."),  # one word
+    seed_copy=rec("придумай три вопроса для викторины о солнечной системе!"),
+    eval_task=EvalTask("ru-1", "Перечисли основные причины Первой мировой войны и кратко поясни каждую.", "",
+                       "Милитаризм, система союзов, империализм и национализм; поводом стало убийство эрцгерцога."),
+    eval_copy=rec("Перечисли основные причины Первой мировой войны и кратко поясни каждую из них."),
+    bleu_tokenizer="13a",
+)
+
+CHINESE = LanguageSet(
+    "zh",
+    seed=[
+        "为一家新开的面包店想三个店名。",
+        "用简单的话解释为什么冬天白天比较短。",
+        "列出准备一次周末露营需要带的五样东西。",
+        "把下面这句话改写得更礼貌一些。",
+    ],
+    distinct=[
+        rec("给一位刚毕业的程序员写三条职场建议。", output="多提问，写好文档，按时休息。"),
+        rec("判断下面这句话的情感是积极还是消极。", "这家餐厅的服务太慢了，菜也凉了。", "消极。"),
+        rec("计算一下：一本书打八折后是四十元，原价是多少？", output="原价是五十元。"),
+        rec("推荐两本适合中学生阅读的科普书，并说明理由。", output="《时间简史》和《昆虫记》，都通俗易懂。"),
+        rec("写一段话介绍你最喜欢的季节。", output="我最喜欢秋天，天高气爽，果实累累。"),
+    ],
+    near_copy=rec("给一位刚毕业的程序员写四条职场建议。", output="多提问。"),  # one character: 三 -> 四
+    seed_copy=rec("为一家新开的面包店想三个店名！"),
+    eval_task=EvalTask("zh-1", "简要说明光合作用的过程以及它对地球生命的意义。", "",
+                       "植物利用阳光、水和二氧化碳制造葡萄糖并释放氧气。"),
+    eval_copy=rec("请简要说明光合作用的过程以及它对地球生命的意义。"),
+    bleu_tokenizer="zh",
+)
+
+FRENCH = LanguageSet(
+    "fr",
+    seed=[
+        "Écris un court poème sur la pluie d’automne.",
+        "Explique à un enfant pourquoi la mer est salée.",
+        "Donne trois idées de cadeaux pour la fête des mères.",
+        "Résume ce paragraphe en une seule phrase.",
+    ],
+    distinct=[
+        rec("Propose un menu végétarien pour un dîner entre amis.",
+            output="Velouté de potiron, gratin dauphinois, tarte aux poires."),
+        rec("Corrige les fautes d’orthographe de cette phrase.", "Il a mangé des pomme très sucrée.",
+            "Il a mangé des pommes très sucrées."),
+        rec("Quelle est la différence entre « ça » et « sa » ?",
+            output="« Ça » est un pronom démonstratif ; « sa » est un déterminant possessif."),
+        rec("Rédige une réponse polie à un voisin qui se plaint du bruit.",
+            output="Bonjour, je suis désolé pour le dérangement et je ferai attention."),
+        rec("Convertis 25 degrés Celsius en Fahrenheit.", output="77 °F."),
+    ],
+    near_copy=rec("Propose un menu végétarien pour un déjeuner entre amis.", output="Une quiche."),  # one word
+    seed_copy=rec("écris un court poème sur la pluie d'automne"),  # ASCII apostrophe, no capital É
+    eval_task=EvalTask("fr-1", "Explique comment le système immunitaire réagit face à un virus.", "",
+                       "Les anticorps et les lymphocytes reconnaissent le virus, le neutralisent et gardent une "
+                       "mémoire de l’infection."),
+    # The reference copied into an output: caught as surely as a copied instruction.
+    eval_copy=rec("Comment le corps se défend-il contre un virus ?",
+                  output="Les anticorps et les lymphocytes reconnaissent le virus, le neutralisent et gardent "
+                         "une mémoire de l’infection."),
+    bleu_tokenizer="13a",
+)
+
+ARABIC = LanguageSet(
+    "ar",
+    seed=[
+        "اكتب ثلاث نصائح للحفاظ على صحة القلب.",
+        "اشرح لطفل لماذا تتغير فصول السنة.",
+        "اقترح اسمًا لمقهى صغير في وسط المدينة.",
+        "لخص الفقرة التالية في جملة واحدة.",
+    ],
+    distinct=[
+        rec("ما الفرق بين الطقس والمناخ؟",
+            output="الطقس حالة الجو في يوم معين، أما المناخ فهو متوسط الطقس على مدى سنوات طويلة."),
+        rec("صحح الخطأ النحوي في الجملة التالية.", "ذهبوا الطلاب إلى المدرسة.", "ذهب الطلاب إلى المدرسة."),
+        rec("اقترح ثلاثة أنشطة عائلية ليوم عطلة ممطر.", output="مشاهدة فيلم، حل الألغاز، طهي الحلوى معًا."),
+        rec("كم عدد الدقائق في يومين كاملين؟", output="2880 دقيقة."),
+        rec("اكتب رسالة شكر قصيرة لمعلمة الرياضيات.", output="شكرًا لصبرك وشرحك الواضح طوال العام."),
+    ],
+    near_copy=rec("ما الفرق بين الطقس والمناخ والفصول؟", output="..."),  # one word added
+    seed_copy=rec("اكتب ثلاث نصائح للحفاظ على صحة القلب"),
+    eval_task=EvalTask("ar-1", "اشرح بإيجاز كيف تعمل الألواح الشمسية على توليد الكهرباء من ضوء الشمس.", "",
+                       "تحول الخلايا الكهروضوئية ضوء الشمس مباشرة إلى تيار كهربائي."),
+    eval_copy=rec("اشرح بإيجاز كيف تعمل الألواح الشمسية على توليد الكهرباء من ضوء الشمس في المنازل."),
+    bleu_tokenizer="13a",
+)
+
+ENGLISH = LanguageSet(
+    "en",
+    seed=[
+        "Suggest three names for a new bakery.",
+        "Explain to a child why the sea is salty.",
+        "List five things to pack for a weekend camping trip.",
+        "Rewrite the following sentence to sound more polite.",
+    ],
+    distinct=[
+        rec("Propose a vegetarian menu for a dinner with friends.",
+            output="Pumpkin soup, potato gratin and a pear tart."),
+        rec("Correct the spelling mistakes in this sentence.", "He eated two appels.", "He ate two apples."),
+        rec("What is the difference between weather and climate?",
+            output="Weather is the state of the air on one day; climate is its average over decades."),
+        rec("How many minutes are there in two full days?", output="2,880 minutes."),
+        rec("Write a short thank-you note to a maths teacher.", output="Thank you for your patience this year."),
+    ],
+    near_copy=rec("Propose a vegetarian menu for a lunch with friends.", output="A quiche."),  # one word
+    seed_copy=rec("suggest three names for a new bakery!"),
+    eval_task=EvalTask("en-1", "Explain briefly how solar panels turn sunlight into electricity.", "",
+                       "Photovoltaic cells turn light straight into an electric current."),
+    eval_copy=rec("Explain briefly how solar panels turn sunlight into electricity at home."),
+    bleu_tokenizer="13a",
+)
+
+LANGUAGES = [pytest.param(s, id=s.language) for s in (RUSSIAN, CHINESE, FRENCH, ARABIC, ENGLISH)]
+CONFIG = ValidationConfig()
+
+
+# (text, words, where it comes from): the rule of metrics/text_units.py, one script at a time.
+WORD_CASES = [
+    ("The cat’s mat — 42!", ["the", "cat", "s", "mat", "42"], "English: rouge-score's tokens, curly quote and all"),
+    ("Напиши ЁЛКУ, пожалуйста!", ["напиши", "ёлку", "пожалуйста"], "Cyrillic: case-folded runs of letters"),
+    ("写一首诗。", ["写", "一", "首", "诗"], "Han: one word per character, 。 a separator"),
+    ("Écris l’été", ["écris", "l", "été"], "French: accents stay inside a word"),
+    ("E\u0301cris l’e\u0301te\u0301", ["écris", "l", "été"], "French, decomposed accents: NFKC composes them"),
+    ("كَتَبَ الطالبُ", ["كَتَبَ", "الطالبُ"], "Arabic harakat (Mn) inside a word"),
+    ("हिन्दी भाषा", ["हिन्दी", "भाषा"], "Devanagari vowel signs and virama inside a word"),
+    ("ภาษาไทย", ["ภ", "า", "ษ", "า", "ไ", "ท", "ย"], "Thai: no spaces, one word per character"),
+    ("カタカナとひらがな", list("カタカナとひらがな"), "Japanese kana: one word per character"),
+    ("ＡＢＣ１２３ Straße", ["abc123", "strasse"], "full-width Latin (NFKC) and ß (case folding)"),
+    ("用Python写", ["用", "python", "写"], "a Latin word inside Chinese stays one word"),
+]
+
+
+@pytest.mark.parametrize("text, expected, source", WORD_CASES, ids=[c[2] for c in WORD_CASES])
+def test_words_follow_the_rule_for_each_script(text, expected, source):
+    assert words(text) == expected
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_the_filters_accept_well_formed_instructions(data):
+    instructions = data.seed + [r["instruction"] for r in data.distinct]
+    reasons = {i: instruction_reject_reason(i, truncated=False, config=FilterConfig()) for i in instructions}
+    assert reasons == dict.fromkeys(instructions)
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_the_novelty_filter_rejects_a_seed_copy_and_keeps_distinct_tasks(data):
+    pool = NoveltyIndex(data.seed)
+    assert pool.max_f(data.seed_copy["instruction"]) == (1.0, data.seed[0])
+    for r in data.distinct:
+        assert pool.max_f(r["instruction"])[0] <= 0.7, r["instruction"]
+    first = data.distinct[0]["instruction"]
+    pool.add(first)
+    f, closest = pool.max_f(data.near_copy["instruction"])
+    assert f > 0.7 and closest == first
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_near_duplicates_of_a_record_and_of_the_seed_are_dropped_and_distinct_ones_kept(data):
+    texts = [r["instruction"] for r in data.distinct + [data.near_copy, data.seed_copy]]
+    found = find_near_duplicates(texts, data.seed, threshold=CONFIG.near_duplicate_threshold,
+                                 shingle_size=CONFIG.shingle_size, num_perm=CONFIG.num_perm)
+    assert found[: len(data.distinct)] == [None] * len(data.distinct)
+    near_copy, seed_copy = found[len(data.distinct):]
+    assert (near_copy.of_reference, near_copy.other) == (False, 0)
+    assert (seed_copy.of_reference, seed_copy.other, seed_copy.jaccard) == (True, 0, 1.0)
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_a_copy_of_an_evaluation_task_is_caught_and_distinct_records_are_not(data):
+    index = EvalNgramIndex([data.eval_task], CONFIG.decontamination_ngram)
+    fields = ("instruction", "input", "output")
+    assert index.match([data.eval_copy[f] for f in fields]).task_id == data.eval_task.id
+    for r in data.distinct + [data.seed_copy]:
+        assert index.match([r[f] for f in fields]) is None, r["instruction"]
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_the_gate_drops_each_copy_for_its_reason_and_passes_the_distinct_records(data):
+    rows = data.distinct + [data.near_copy, data.seed_copy, data.eval_copy]
+    report = validate(rows, data.seed, CONFIG, eval_tasks=[data.eval_task])
+    assert report.invalid_records == {"contaminated": 1, "near_duplicate": 2}
+    assert [r["instruction"] for r in report.valid_rows] == [r["instruction"] for r in data.distinct]
+    gates = {g.name: g for g in report.gates}
+    # Related text scores above 0 (rouge-score's own tokenizer gave 0 for Russian, Chinese and Arabic).
+    assert 0 < gates["seed_rouge_l_mean"].value < CONFIG.max_seed_rouge_l
+    assert 0 < gates["pairwise_rouge_l_mean"].value < CONFIG.max_pairwise_rouge_l
+    assert "tokenizer:unicode-v1" in gates["seed_rouge_l_mean"].signature
+    assert f"tok:{data.bleu_tokenizer}" in gates["seed_bleu"].signature
+    assert f"tok:{data.bleu_tokenizer}" in gates["self_bleu"].signature
+    assert report.verdict == READY
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_bleu_tokenizer_from_the_texts_agrees_with_the_language_code(data):
+    assert bleu_tokenizer(data.seed) == bleu_tokenizer(language=data.language) == data.bleu_tokenizer
+
+
+@pytest.mark.parametrize("data", LANGUAGES)
+def test_evaluation_rouge_scores_an_identical_answer_1_and_a_related_one_between(data):
+    reference = data.eval_task.reference
+    related = data.distinct[0]["output"] + " " + reference[: len(reference) // 2]
+    assert rouge_l_scores([reference, reference], [reference, related])[0] == 1.0
+    assert 0 < rouge_l_scores([reference], [related])[0] < 1
+
+
+SCORER = RougeScorer(["rougeL"])
+
+
+def test_english_scores_are_rouge_scores_own_bit_for_bit():
+    texts = ENGLISH.seed + [r[f] for r in ENGLISH.distinct + [ENGLISH.near_copy, ENGLISH.eval_copy]
+                            for f in ("instruction", "output")]
+    for a in texts:
+        for b in texts:
+            assert rouge_l_f(a, b) == SCORER.score(a, b)["rougeL"].fmeasure
+
+
+@pytest.mark.parametrize("language, code", [("zh-Hant", "zh"), ("ja", "char"), ("th", "char"), ("ru", "13a"),
+                                            (None, "13a")])
+def test_bleu_tokenizer_from_a_language_code(language, code):
+    # None and no texts: sacrebleu's own default, 13a.
+    assert bleu_tokenizer(language=language) == code
