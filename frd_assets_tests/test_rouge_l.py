@@ -4,19 +4,10 @@ from hypothesis import strategies as st
 from rouge_score.rouge_scorer import RougeScorer
 
 from frd_assets.core.metrics.rouge_l import NoveltyIndex, max_rouge_l_f, rouge_l, rouge_l_f
-from frd_assets.core.metrics.text_units import words
+from frd_assets.core.metrics.text_units import RougeScoreTokenizer
 
 SCORER = RougeScorer(["rougeL"])
-
-
-class TextUnits:
-    """rouge-score takes any object with .tokenize(text): here, the project's rule."""
-
-    def tokenize(self, text: str) -> list[str]:
-        return words(text)
-
-
-UNICODE_SCORER = RougeScorer(["rougeL"], tokenizer=TextUnits())
+UNICODE_SCORER = RougeScorer(["rougeL"], tokenizer=RougeScoreTokenizer())
 
 
 def reference(target: str, prediction: str) -> float:
