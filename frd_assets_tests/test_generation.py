@@ -87,6 +87,13 @@ def test_filters(instruction, truncated, reason):
     assert instruction_reject_reason(instruction, truncated=truncated, config=FilterConfig()) == reason
 
 
+def test_the_filters_signature_names_the_word_rule_and_the_languages_of_the_word_lists():
+    assert GenerationConfig().filters_signature() == (
+        "self_instruct_filters|words:tokenizer:unicode-v1|min_words:3|max_words:150|word_lists:en,ru,zh"
+        "|novelty:rouge_l>0.7"
+    )
+
+
 def test_config_rejects_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="num_instructions must be >= 1, got 0"):
         GenerationConfig(num_instructions=0)

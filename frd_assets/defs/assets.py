@@ -195,6 +195,8 @@ def generated_dataset(
             "resumed_from": result.resumed_from,
             "proposed": result.proposed,
             "rejected": MetadataValue.json(dict(result.rejected)),
+            # How words were counted and which languages the blacklist and "write a program" lists cover.
+            "filters_signature": gen_config.filters_signature(),
             "rounds": result.rounds,
             "teacher": model.name,
             "teacher_tokens": result.teacher_tokens,

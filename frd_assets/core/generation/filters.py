@@ -14,7 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from frd_assets.core.metrics.text_units import words
+from frd_assets.core.metrics.text_units import TOKENIZER_SIGNATURE, words
 
 FILTER_LANGUAGES = ("en", "ru", "zh")  # the languages BLACKLIST and WRITE_A_PROGRAM cover
 
@@ -74,6 +74,16 @@ class FilterConfig:
             raise ValueError(f"min_words must be >= 1, got {self.min_words}")
         if self.max_words < self.min_words:
             raise ValueError(f"max_words ({self.max_words}) must be >= min_words ({self.min_words})")
+
+
+def filters_signature(config: FilterConfig, *, novelty_threshold: float) -> str:
+    """What the filters were, for the generation's metadata: how words were counted, the limits, which
+    languages the word lists cover (an instruction in another language passes them), and the novelty cut."""
+    return (
+        f"self_instruct_filters|words:{TOKENIZER_SIGNATURE}|min_words:{config.min_words}"
+        f"|max_words:{config.max_words}|word_lists:{','.join(FILTER_LANGUAGES)}"
+        f"|novelty:rouge_l>{novelty_threshold:g}"
+    )
 
 
 def instruction_reject_reason(instruction: str, *, truncated: bool, config: FilterConfig) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Collection, Sequence
 
 from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
 from frd_assets.core.generation.checkpoint import Checkpoint
-from frd_assets.core.generation.filters import FilterConfig, instruction_reject_reason
+from frd_assets.core.generation.filters import FilterConfig, filters_signature, instruction_reject_reason
 from frd_assets.core.generation.prompts import (
     instance_prompt,
     instruction_prompt,
@@ -69,6 +69,12 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         check_fields(self, "generation config", _GENERATION_RULES)
         check_order("generation config", "min_words", self.min_words, "max_words", self.max_words)
+
+    def filters(self) -> FilterConfig:
+        return FilterConfig(self.min_words, self.max_words)
+
+    def filters_signature(self) -> str:
+        return filters_signature(self.filters(), novelty_threshold=self.novelty_threshold)
 
 
 _GENERATION_RULES = {
@@ -303,7 +309,7 @@ def propose_instructions(
     """The proposal phase: rounds of few-shot prompts, each candidate kept only when it passes the word
     filters and is no duplicate, not ROUGE-L-close (nor embedding-close) to the seed, held-out or kept
     instructions. Adds to state.kept; checkpoints every checkpoint_every kept and at the end."""
-    filter_cfg = FilterConfig(config.min_words, config.max_words)
+    filter_cfg = config.filters()
     pool = NoveltyIndex(seed_instructions + held_instructions + state.kept)
     seen = {s.lower() for s in seed_instructions + held_instructions + state.kept}
     semantic = None
