@@ -1,9 +1,10 @@
 """Issue 19: every text measure protects Russian, Chinese, French, Arabic and English alike.
 
 One small data set per language, written for these tests (no translation of the sample seed): seed tasks,
-distinct records, a record that differs from a distinct one by a word or a character, a copy of a seed task
-and a copy of an evaluation task. Each test runs the same table over the five languages; English is there
-to show that nothing changed for it (its words are still exactly rouge-score's).
+distinct records, a record that differs from a distinct one by a word and one that differs by a character
+(a typo, a dropped accent or hamza), a copy of a seed task and a copy of an evaluation task. Each test runs
+the same table over the five languages; English is there to show that nothing changed for it (its words
+are still exactly rouge-score's).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class LanguageSet:
     language: str  # ISO 639-1
     seed: list[str]
     distinct: list[dict[str, str]]  # different tasks: all must be kept
-    near_copy: dict[str, str]  # distinct[0] with one word or character changed
+    near_copy: dict[str, str]  # distinct[0] with one word (Chinese: one character) changed
+    typo_copy: dict[str, str]  # distinct[typo_of] with one character changed: a typo, a dropped accent
+    typo_of: int
     seed_copy: dict[str, str]  # seed[0], with other case or punctuation
     eval_task: EvalTask
     eval_copy: dict[str, str]  # shares a run of eight words (Chinese: characters) with eval_task
@@ -59,6 +62,8 @@ RUSSIAN = LanguageSet(
             output="Листья шуршат под ногами. Воздух пахнет грибами и сыростью."),
     ],
     near_copy=rec("Предложи название для кофейни в маленьком городе.", output="«Утренняя чашка»."),  # one word
+    typo_copy=rec("Как вежливо отказатся от приглашения на день рождения коллеги?", output="Скажите, что заняты."),
+    typo_of=1,
     seed_copy=rec("придумай три вопроса для викторины о солнечной системе!"),
     eval_task=EvalTask("ru-1", "Перечисли основные причины Первой мировой войны и кратко поясни каждую.", "",
                        "Милитаризм, система союзов, империализм и национализм; поводом стало убийство эрцгерцога."),
@@ -82,6 +87,8 @@ CHINESE = LanguageSet(
         rec("写一段话介绍你最喜欢的季节。", output="我最喜欢秋天，天高气爽，果实累累。"),
     ],
     near_copy=rec("给一位刚毕业的程序员写四条职场建议。", output="多提问。"),  # one character: 三 -> 四
+    typo_copy=rec("判断下面这段话的情感是积极还是消极。", "这家餐厅的服务太慢了，菜也凉了。", "消极。"),  # 句 -> 段
+    typo_of=1,
     seed_copy=rec("为一家新开的面包店想三个店名！"),
     eval_task=EvalTask("zh-1", "简要说明光合作用的过程以及它对地球生命的意义。", "",
                        "植物利用阳光、水和二氧化碳制造葡萄糖并释放氧气。"),
@@ -109,6 +116,8 @@ FRENCH = LanguageSet(
         rec("Convertis 25 degrés Celsius en Fahrenheit.", output="77 °F."),
     ],
     near_copy=rec("Propose un menu végétarien pour un déjeuner entre amis.", output="Une quiche."),  # one word
+    typo_copy=rec("Redige une réponse polie à un voisin qui se plaint du bruit.", output="Bonjour."),  # é dropped
+    typo_of=3,
     seed_copy=rec("écris un court poème sur la pluie d'automne"),  # ASCII apostrophe, no capital É
     eval_task=EvalTask("fr-1", "Explique comment le système immunitaire réagit face à un virus.", "",
                        "Les anticorps et les lymphocytes reconnaissent le virus, le neutralisent et gardent une "
@@ -137,6 +146,9 @@ ARABIC = LanguageSet(
         rec("اكتب رسالة شكر قصيرة لمعلمة الرياضيات.", output="شكرًا لصبرك وشرحك الواضح طوال العام."),
     ],
     near_copy=rec("ما الفرق بين الطقس والمناخ والفصول؟", output="..."),  # one word added
+    # أ -> ا: the hamza dropped, as people often type it
+    typo_copy=rec("صحح الخطا النحوي في الجملة التالية.", "ذهبوا الطلاب إلى المدرسة.", "ذهب الطلاب إلى المدرسة."),
+    typo_of=1,
     seed_copy=rec("اكتب ثلاث نصائح للحفاظ على صحة القلب"),
     eval_task=EvalTask("ar-1", "اشرح بإيجاز كيف تعمل الألواح الشمسية على توليد الكهرباء من ضوء الشمس.", "",
                        "تحول الخلايا الكهروضوئية ضوء الشمس مباشرة إلى تيار كهربائي."),
@@ -162,6 +174,8 @@ ENGLISH = LanguageSet(
         rec("Write a short thank-you note to a maths teacher.", output="Thank you for your patience this year."),
     ],
     near_copy=rec("Propose a vegetarian menu for a lunch with friends.", output="A quiche."),  # one word
+    typo_copy=rec("Correct the speling mistakes in this sentence.", "He eated two appels.", "He ate two apples."),
+    typo_of=1,
     seed_copy=rec("suggest three names for a new bakery!"),
     eval_task=EvalTask("en-1", "Explain briefly how solar panels turn sunlight into electricity.", "",
                        "Photovoltaic cells turn light straight into an electric current."),
@@ -211,16 +225,21 @@ def test_the_novelty_filter_rejects_a_seed_copy_and_keeps_distinct_tasks(data):
     pool.add(first)
     f, closest = pool.max_f(data.near_copy["instruction"])
     assert f > 0.7 and closest == first
+    typo_of = data.distinct[data.typo_of]["instruction"]
+    pool.add(typo_of)
+    f, closest = pool.max_f(data.typo_copy["instruction"])
+    assert f > 0.7 and closest == typo_of
 
 
 @pytest.mark.parametrize("data", LANGUAGES)
 def test_near_duplicates_of_a_record_and_of_the_seed_are_dropped_and_distinct_ones_kept(data):
-    texts = [r["instruction"] for r in data.distinct + [data.near_copy, data.seed_copy]]
+    texts = [r["instruction"] for r in data.distinct + [data.near_copy, data.typo_copy, data.seed_copy]]
     found = find_near_duplicates(texts, data.seed, threshold=CONFIG.near_duplicate_threshold,
                                  shingle_size=CONFIG.shingle_size, num_perm=CONFIG.num_perm)
     assert found[: len(data.distinct)] == [None] * len(data.distinct)
-    near_copy, seed_copy = found[len(data.distinct):]
+    near_copy, typo_copy, seed_copy = found[len(data.distinct):]
     assert (near_copy.of_reference, near_copy.other) == (False, 0)
+    assert (typo_copy.of_reference, typo_copy.other) == (False, data.typo_of)
     assert (seed_copy.of_reference, seed_copy.other, seed_copy.jaccard) == (True, 0, 1.0)
 
 
@@ -229,15 +248,15 @@ def test_a_copy_of_an_evaluation_task_is_caught_and_distinct_records_are_not(dat
     index = EvalNgramIndex([data.eval_task], CONFIG.decontamination_ngram)
     fields = ("instruction", "input", "output")
     assert index.match([data.eval_copy[f] for f in fields]).task_id == data.eval_task.id
-    for r in data.distinct + [data.seed_copy]:
+    for r in data.distinct + [data.typo_copy, data.seed_copy]:
         assert index.match([r[f] for f in fields]) is None, r["instruction"]
 
 
 @pytest.mark.parametrize("data", LANGUAGES)
 def test_the_gate_drops_each_copy_for_its_reason_and_passes_the_distinct_records(data):
-    rows = data.distinct + [data.near_copy, data.seed_copy, data.eval_copy]
+    rows = data.distinct + [data.near_copy, data.typo_copy, data.seed_copy, data.eval_copy]
     report = validate(rows, data.seed, CONFIG, eval_tasks=[data.eval_task])
-    assert report.invalid_records == {"contaminated": 1, "near_duplicate": 2}
+    assert report.invalid_records == {"contaminated": 1, "near_duplicate": 3}
     assert [r["instruction"] for r in report.valid_rows] == [r["instruction"] for r in data.distinct]
     gates = {g.name: g for g in report.gates}
     # Related text scores above 0 (rouge-score's own tokenizer gave 0 for Russian, Chinese and Arabic).
@@ -266,7 +285,7 @@ SCORER = RougeScorer(["rougeL"])
 
 
 def test_english_scores_are_rouge_scores_own_bit_for_bit():
-    texts = ENGLISH.seed + [r[f] for r in ENGLISH.distinct + [ENGLISH.near_copy, ENGLISH.eval_copy]
+    texts = ENGLISH.seed + [r[f] for r in ENGLISH.distinct + [ENGLISH.near_copy, ENGLISH.typo_copy, ENGLISH.eval_copy]
                             for f in ("instruction", "output")]
     for a in texts:
         for b in texts:
