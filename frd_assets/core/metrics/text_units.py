@@ -55,8 +55,7 @@ def follows_rouge_score(text: str) -> bool:
 
 def words(text: str) -> list[str]:
     """The words of text under rule unicode-v1 (see the module docstring)."""
-    # follows_rouge_score inlined: this runs once per text in every hot loop of the gate.
-    if _NON_ASCII.search(text) is None or _WIDE_WORD_CHAR.search(text) is None:
+    if follows_rouge_score(text):
         return _NON_ALNUM.sub(" ", text.lower()).split()
     return _UNIT.findall(unicodedata.normalize("NFKC", text).casefold())
 
