@@ -262,7 +262,9 @@ def test_the_gate_drops_each_copy_for_its_reason_and_passes_the_distinct_records
     # Related text scores above 0 (rouge-score's own tokenizer gave 0 for Russian, Chinese and Arabic).
     assert 0 < gates["seed_rouge_l_mean"].value < CONFIG.max_seed_rouge_l
     assert 0 < gates["pairwise_rouge_l_mean"].value < CONFIG.max_pairwise_rouge_l
-    assert "tokenizer:unicode-v1" in gates["seed_rouge_l_mean"].signature
+    for signature in (gates["seed_rouge_l_mean"].signature, gates["pairwise_rouge_l_mean"].signature,
+                      report.near_duplicates["signature"], report.decontamination["signature"]):
+        assert "tokenizer:unicode-v1" in signature
     assert f"tok:{data.bleu_tokenizer}" in gates["seed_bleu"].signature
     assert f"tok:{data.bleu_tokenizer}" in gates["self_bleu"].signature
     assert report.verdict == READY
