@@ -332,7 +332,7 @@ class S3Store(Store):
         self._put(bucket, key, data, {})
 
     def put_bytes_if(self, bucket: str, key: str, data: bytes, *, etag: str | None) -> None:
-        # S3's conditional PUT (AWS since 2024, MinIO, SeaweedFS 4.48 as the tests run it): the server compares
+        # S3's conditional PUT (AWS since 2024; SeaweedFS 4.48 as the tests run it): the server compares
         # and writes in one step. A server that ignores the headers writes unconditionally; the caller's read
         # just before (core/versions.py) then still narrows the race to one round trip.
         self._put(bucket, key, data, {"IfNoneMatch": "*"} if etag is None else {"IfMatch": f'"{etag}"'})
