@@ -130,8 +130,8 @@ class LocalStore(Store):
 
         The bucket folder, not the key's: delete() removes a key's folders once empty, and a lock held on a
         removed folder would lock nothing. Conditional writes are one small file each (pointers), so one lock
-        per bucket costs nothing measurable. flock binds every process on this machine, and on a shared
-        filesystem only where that filesystem honours flock (NFS v4 does, via fcntl locks)."""
+        per bucket costs nothing measurable. flock binds every process on this machine; a store folder that
+        machines share over a network filesystem gets no such promise (use S3 for that)."""
         import fcntl  # POSIX only, like the rest of the deployment; imported here so Windows can still read
 
         bucket_dir = self.root / bucket  # callers checked it with _path first
