@@ -4,6 +4,7 @@ cut off mid-write never tears what readers see, symlinks are not followed. Real 
 import json
 import shutil
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -210,8 +211,10 @@ def test_an_adapter_rewrite_cut_off_mid_write_leaves_the_previous_version_loadab
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), loaded.path)
         assert model.peft_config["default"].r == 4
 
-        # The next successful write becomes current and the torn attempt is pruned in its turn (keep=1).
-        third = versions.publish(store, bucket, prefix, versions.folder_files(second_dir), keep=1)
+        # The next successful write becomes current and the torn attempt is pruned in its turn (keep=1; no
+        # grace period here: the torn attempt stands for one older than PRUNE_GRACE).
+        third = versions.publish(store, bucket, prefix, versions.folder_files(second_dir), keep=1,
+                                 grace=timedelta(0))
         assert versions.current(store, bucket, prefix).version == third.version
         assert versions.version_ids(store, bucket, prefix) == [third.version]
     finally:
@@ -220,7 +223,9 @@ def test_an_adapter_rewrite_cut_off_mid_write_leaves_the_previous_version_loadab
 
 def test_versions_prune_old_ones_and_never_a_newer_one(store, tmp_path):
     bucket, prefix = asset_location("generated_dataset", str(uuid.uuid4()))
-    published = [versions.publish(store, bucket, prefix, [("x.jsonl", f"{i}\n".encode())]) for i in range(5)]
+    # No grace period: these five stand for versions published over hours (test_version_races covers the grace).
+    published = [versions.publish(store, bucket, prefix, [("x.jsonl", f"{i}\n".encode())], grace=timedelta(0))
+                 for i in range(5)]
     kept = versions.version_ids(store, bucket, prefix)
     assert kept == [v.version for v in published[-versions.KEEP_VERSIONS:]]
     current = versions.current(store, bucket, prefix)
@@ -228,7 +233,7 @@ def test_versions_prune_old_ones_and_never_a_newer_one(store, tmp_path):
     # A version a writer is still working on (newer than the pointer) survives a prune.
     newer = versions.new_version_id()
     store.put_bytes(bucket, f"{prefix}/versions/{newer}/x.jsonl", b"in progress")
-    versions.prune(store, bucket, prefix, current_version=current.version, keep=1)
+    versions.prune(store, bucket, prefix, current_version=current.version, keep=1, grace=timedelta(0))
     assert versions.version_ids(store, bucket, prefix) == [current.version, newer]
     # A file changed after publication is caught by its recorded hash.
     store.put_bytes(bucket, current.key("x.jsonl"), b"tampered")

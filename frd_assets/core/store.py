@@ -7,6 +7,7 @@ import re
 import stat
 import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +25,10 @@ class StoreError(RuntimeError):
 class ObjectNotFound(StoreError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write or delete was refused: the object changed (or appeared, or went) since it was read."""
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +58,16 @@ class Store(ABC):
 
     @abstractmethod
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def put_bytes_if(self, bucket: str, key: str, data: bytes, *, etag: str | None) -> None:
+        """Writes only while the object's ETag is still etag (None: only while there is no object), as one
+        atomic step; PreconditionFailed otherwise. The compare-and-swap that keeps a pointer from going back."""
+
+    @abstractmethod
+    def delete_if(self, bucket: str, key: str, *, etag: str) -> None:
+        """Deletes only while the object's ETag is still etag, as one atomic step; PreconditionFailed otherwise
+        (a missing object included)."""
 
     @abstractmethod
     def get_object(self, bucket: str, key: str) -> tuple[bytes, ObjectInfo]:
@@ -107,6 +122,51 @@ class LocalStore(Store):
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         path = self._path(bucket, key)
+        self._write(path, data)
+
+    @contextmanager
+    def _bucket_lock(self, bucket: str) -> Iterator[None]:
+        """An exclusive flock on the bucket's folder, for the compare-and-swap of the conditional writes.
+
+        The bucket folder, not the key's: delete() removes a key's folders once empty, and a lock held on a
+        removed folder would lock nothing. Conditional writes are one small file each (pointers), so one lock
+        per bucket costs nothing measurable. flock binds every process on this machine; a store folder that
+        machines share over a network filesystem gets no such promise (use S3 for that)."""
+        import fcntl  # POSIX only, like the rest of the deployment; imported here so Windows can still read
+
+        bucket_dir = self.root / bucket  # callers checked it with _path first
+        bucket_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(bucket_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _etag(self, path: Path) -> str | None:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return _local_info("", st).etag if stat.S_ISREG(st.st_mode) else None
+
+    def put_bytes_if(self, bucket: str, key: str, data: bytes, *, etag: str | None) -> None:
+        path = self._path(bucket, key)
+        with self._bucket_lock(bucket):
+            found = self._etag(path)
+            if found != etag:
+                raise PreconditionFailed(f"{self.uri(bucket, key)} changed since it was read "
+                                         f"({'absent' if found is None else 'present'} now); read it again")
+            self._write(path, data)
+
+    def delete_if(self, bucket: str, key: str, *, etag: str) -> None:
+        path = self._path(bucket, key)
+        with self._bucket_lock(bucket):
+            if self._etag(path) != etag:
+                raise PreconditionFailed(f"{self.uri(bucket, key)} changed since it was read; read it again")
+            self.delete(bucket, key)
+
+    def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the target, then rename: rename is atomic within one filesystem.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -223,7 +283,7 @@ class S3Store(Store):
     def __repr__(self) -> str:  # never the credentials
         return f"S3Store({self.endpoint!r})"
 
-    def _fail(self, action: str, bucket: str, key: str, exc: Exception) -> StoreError:
+    def _fail(self, action: str, bucket: str, key: str, exc: Exception, *, conditional: bool = False) -> StoreError:
         from botocore.exceptions import ClientError, ReadTimeoutError
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -233,6 +293,10 @@ class S3Store(Store):
                 f"({type(exc).__name__}); start it, or fix MINIO_ENDPOINT"
             )
         code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+        # 412, or 409 when AWS sees two conditional writes at once; a missing object fails an If-Match too.
+        if conditional and code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                                    "NoSuchKey", "404", "NotFound"):
+            return PreconditionFailed(f"{self.uri(bucket, key)} changed since it was read ({code}); read it again")
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
             return ObjectNotFound(f"no object {self.uri(bucket, key)}")
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
@@ -265,15 +329,24 @@ class S3Store(Store):
         self._ready_buckets.add(bucket)
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        self._put(bucket, key, data, {})
+
+    def put_bytes_if(self, bucket: str, key: str, data: bytes, *, etag: str | None) -> None:
+        # S3's conditional PUT (AWS since 2024; SeaweedFS 4.48 as the tests run it): the server compares
+        # and writes in one step. A server that ignores the headers writes unconditionally; the caller's read
+        # just before (core/versions.py) then still narrows the race to one round trip.
+        self._put(bucket, key, data, {"IfNoneMatch": "*"} if etag is None else {"IfMatch": f'"{etag}"'})
+
+    def _put(self, bucket: str, key: str, data: bytes, conditions: dict[str, str]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         check_key(bucket, key)
         self.ensure_bucket(bucket)
         try:
             # A single PUT is atomic in S3: the object appears whole or not at all.
-            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, **conditions)
         except (ClientError, BotoCoreError) as exc:
-            raise self._fail("writing", bucket, key, exc) from None
+            raise self._fail("writing", bucket, key, exc, conditional=bool(conditions)) from None
 
     def get_object(self, bucket: str, key: str) -> tuple[bytes, ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -313,6 +386,17 @@ class S3Store(Store):
             err = self._fail("deleting", bucket, key, exc)
             if not isinstance(err, ObjectNotFound):
                 raise err from None
+
+    def delete_if(self, bucket: str, key: str, *, etag: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        check_key(bucket, key)
+        try:
+            # DeleteObject with If-Match (AWS, SeaweedFS 4.48 as the tests run it); a server that ignores it
+            # deletes unconditionally, and the caller's read just before narrows the race to one round trip.
+            self.client.delete_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("deleting", bucket, key, exc, conditional=True) from None
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -12,11 +12,20 @@ A single PUT is atomic, so a reader that reads the pointer and then the files it
 version, and a write that dies half-way leaves the pointer on the last good one. The pointer lists every
 file with its size and SHA-256, which readers check, so a version is also proof against a truncated copy.
 
+Ordering: version ids sort by the time their writer started (new_version_id), and the pointer only moves
+forward. Just before writing it, a writer reads the pointer; if it names a newer version, the writer was
+overtaken and its publish fails with StaleVersion naming both (its files stay, to be pruned later). The
+write itself is conditional on the pointer read (Store.put_bytes_if: S3's If-Match / If-None-Match, a flock
+on the local store), so a pointer that moved between the read and the write sends the writer back to read
+again instead of being overwritten. Version ids carry their writer's clock: writers on machines whose clocks
+disagree by more than the time between two publishes can still be ordered wrongly.
+
 Pruning rule: after a new pointer is written, versions older than the current one are deleted except the
-newest `keep - 1` of them (default keep=3: the current version and two before it stay, so a reader that
-read the previous pointer a moment ago still finds its files). Versions newer than the pointer (a writer
-still at work) are never pruned; a version left by a crashed writer is older than the next pointer and is
-pruned in its turn.
+newest `keep - 1` of them (default keep=3: the current version and two before it stay), and never one
+younger than PRUNE_GRACE: a writer overtaken mid-write keeps its files until it learns it was overtaken, and a
+reader that read an older pointer a moment ago still finds its files, however many publishes came between.
+Versions newer than the pointer (a writer still at work) are never pruned; a version left by a crashed
+writer is older than the next pointer and is pruned in its turn once past the grace period.
 """
 
 from __future__ import annotations
@@ -25,19 +34,27 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from frd_assets.core.store import ObjectNotFound, Store, StoreError
+from frd_assets.core.store import ObjectNotFound, PreconditionFailed, Store, StoreError
 
 POINTER = "CURRENT.json"
 VERSIONS = "versions"
 KEEP_VERSIONS = 3
+# Far longer than any one upload of a dataset or an adapter takes, so pruning never deletes the folder of a
+# writer that is still writing, nor the files of a version a reader has just been sent to by the pointer.
+PRUNE_GRACE = timedelta(hours=1)
+# Each failed conditional pointer write means another writer's pointer landed; a few rounds settle any
+# realistic number of writers of one prefix (and most end in StaleVersion after one).
+POINTER_ATTEMPTS = 10
+_ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
 
 class StaleVersion(StoreError):
-    """The pointer moved to another version while a derived version was being written."""
+    """The pointer moved to another version (a newer one, or not the one a derived version was made from)
+    while this version was being written; the pointer was left as it is."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +84,16 @@ class Version:
 
 
 def new_version_id() -> str:
-    """Sortable by time (for pruning), unique across writers (the random tail)."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+    """Sortable by time (for ordering and pruning), unique across writers (the random tail)."""
+    return f"{datetime.now(timezone.utc).strftime(_ID_TIME)}-{secrets.token_hex(4)}"
+
+
+def version_time(version_id: str) -> datetime | None:
+    """When the writer of a version started; None for a folder name new_version_id did not make."""
+    try:
+        return datetime.strptime(version_id.split("-", 1)[0], _ID_TIME).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def _check_name(name: str) -> str:
@@ -86,6 +111,7 @@ def publish(
     *,
     meta: Mapping[str, Any] | None = None,
     keep: int = KEEP_VERSIONS,
+    grace: timedelta = PRUNE_GRACE,
     log: Callable[[str], None] = lambda _msg: None,
     if_current: str | None = None,
 ) -> Version:
@@ -93,9 +119,10 @@ def publish(
 
     files yields (name, bytes) or (name, a callable returning bytes), so a folder of large files is read
     one file at a time. A failure before the pointer write leaves the previous version current.
-    if_current: publish only if the pointer still names that version when the pointer is about to be
-    written (a writer that derives its version from another must not put an older one back); otherwise
-    StaleVersion, and the files written are pruned with the next publish."""
+    StaleVersion when a newer version was published while the files were written (see the module doc).
+    if_current: publish only if the pointer still names that version (a writer that derives its version from
+    another must not put an older one back); otherwise StaleVersion. The files of a stale publish stay
+    until pruning takes them."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     version_id = new_version_id()
@@ -109,21 +136,48 @@ def publish(
         raise ValueError(f"a version of {store.uri(bucket, prefix)} needs at least one file")
     version = Version(bucket, prefix, version_id, entries, dict(meta or {}),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if if_current is not None:
-        # Not atomic with the PUT below (S3 has no compare-and-swap that every server offers), but it narrows
-        # the window from the whole write to one round trip; the GPU queue's limit of one run closes it.
-        now = current(store, bucket, prefix).version
-        if now != if_current:
-            raise StaleVersion(f"{store.uri(bucket, prefix)} is at version {now}, not {if_current}: "
-                               "a newer version was published meanwhile and stays current")
-    store.put_bytes(bucket, f"{prefix}/{POINTER}", version.to_json())
+    _move_pointer(store, version, if_current=if_current)
     try:
-        pruned = prune(store, bucket, prefix, current_version=version_id, keep=keep)
+        pruned = prune(store, bucket, prefix, current_version=version_id, keep=keep, grace=grace)
         if pruned:
             log(f"pruned {len(pruned)} old version(s) of {store.uri(bucket, prefix)}")
     except StoreError as exc:  # the new version is whole and current; an old one left behind is harmless
         log(f"pruning old versions of {store.uri(bucket, prefix)} failed ({exc}); they stay until the next write")
     return version
+
+
+def _read_pointer(store: Store, bucket: str, prefix: str) -> tuple[str | None, str | None]:
+    """(the version the pointer names, the pointer's ETag); (None, None) when there is no pointer. A pointer
+    that is no JSON names no version but has an ETag, so a publish may still replace it (conditionally)."""
+    try:
+        raw, info = store.get_object(bucket, f"{prefix}/{POINTER}")
+    except ObjectNotFound:
+        return None, None
+    try:
+        return str(json.loads(raw)["version"]), info.etag
+    except (ValueError, KeyError, TypeError):
+        return None, info.etag
+
+
+def _move_pointer(store: Store, version: Version, *, if_current: str | None) -> None:
+    """Points the prefix at version unless the pointer names a newer one (or not if_current): read, compare,
+    then a write conditional on what was read, so nothing written in between is overwritten."""
+    bucket, prefix, uri = version.bucket, version.prefix, store.uri(version.bucket, version.prefix)
+    for _ in range(POINTER_ATTEMPTS):
+        now, etag = _read_pointer(store, bucket, prefix)
+        if if_current is not None and now != if_current:
+            raise StaleVersion(f"{uri} is at version {now}, not {if_current}: a newer version was published "
+                               f"meanwhile and stays current (version {version.version} was not published)")
+        if now is not None and now > version.version:
+            raise StaleVersion(f"{uri} is at version {now}, newer than version {version.version} of this write, "
+                               "which was overtaken and not published; materialize again if this data should win")
+        try:
+            store.put_bytes_if(bucket, f"{prefix}/{POINTER}", version.to_json(), etag=etag)
+            return
+        except PreconditionFailed:
+            continue  # another writer's pointer landed between the read and the write: judge against that one
+    raise StoreError(f"the pointer of {uri} changed {POINTER_ATTEMPTS} times while version {version.version} "
+                     "was being published; materialize again")
 
 
 def folder_files(folder: Path) -> list[tuple[str, Callable[[], bytes]]]:
@@ -175,10 +229,14 @@ def version_ids(store: Store, bucket: str, prefix: str) -> list[str]:
     return sorted({info.key[len(root):].split("/", 1)[0] for info in store.list(bucket, root)})
 
 
-def prune(store: Store, bucket: str, prefix: str, *, current_version: str, keep: int = KEEP_VERSIONS) -> list[str]:
-    """Deletes versions older than current_version beyond the newest keep - 1 of them (see the module doc)."""
+def prune(store: Store, bucket: str, prefix: str, *, current_version: str, keep: int = KEEP_VERSIONS,
+          grace: timedelta = PRUNE_GRACE) -> list[str]:
+    """Deletes versions older than current_version beyond the newest keep - 1 of them, none younger than
+    grace and none whose age cannot be read from its name (see the module doc)."""
     older = [v for v in version_ids(store, bucket, prefix) if v < current_version]
-    doomed = older[: max(0, len(older) - (keep - 1))]
+    cutoff = datetime.now(timezone.utc) - grace
+    doomed = [v for v in older[: max(0, len(older) - (keep - 1))]
+              if (started := version_time(v)) is not None and started < cutoff]
     for v in doomed:
         store.delete_prefix(bucket, f"{prefix}/{VERSIONS}/{v}/")
     return doomed
@@ -188,3 +246,27 @@ def remove(store: Store, bucket: str, prefix: str) -> int:
     """Removes the pointer first (so no reader is sent to a half-deleted version), then every version."""
     store.delete(bucket, f"{prefix}/{POINTER}")
     return store.delete_prefix(bucket, f"{prefix}/{VERSIONS}/")
+
+
+def remove_version(store: Store, bucket: str, prefix: str, version_id: str,
+                   log: Callable[[str], None] = lambda _msg: None) -> int:
+    """Removes one version: the pointer only while it names that version (a conditional delete, so a pointer
+    to a version published meanwhile is never removed), then the version's files. Returns the number of
+    objects deleted, the pointer included."""
+    if not version_id or "/" in version_id or version_id in (".", ".."):
+        raise ValueError(f"version id {version_id!r} must be one folder name under {store.uri(bucket, prefix)}")
+    removed = 0
+    for _ in range(POINTER_ATTEMPTS):
+        now, etag = _read_pointer(store, bucket, prefix)
+        if now != version_id or etag is None:
+            if now is not None:
+                log(f"{store.uri(bucket, prefix)} is at version {now}, which stays current")
+            break
+        try:
+            # Pointer first: no reader is sent to a version whose files are going.
+            store.delete_if(bucket, f"{prefix}/{POINTER}", etag=etag)
+            removed += 1
+            break
+        except PreconditionFailed:
+            continue  # the pointer moved meanwhile: read it again
+    return removed + store.delete_prefix(bucket, f"{prefix}/{VERSIONS}/{version_id}/")

@@ -227,14 +227,14 @@ def validated_dataset(
     teacher: TeacherResource,
     judge: JudgeResource,
     seed_dataset: list[dict],
-    generated_dataset: list[dict],
+    generated_dataset: DatasetRows,
 ):
     """The gate: per-record checks, decontamination against the held-out tasks, MinHash near-duplicates,
     judge scores when a judge is configured, ROUGE-L and BLEU gates; verdict READY_FOR_FINE_TUNING or DELETED.
 
     The kept rows, the report, the dataset card and the verdict are one version in the store
     (DatasetOutput), so no reader sees a verdict from one run beside rows from another; DELETED also
-    removes the generated data, after the verdict is stored."""
+    removes the generated version that was judged (and no other), after the verdict is stored."""
     uuid = partition_dataset_id(context.partition_key, asset=VALIDATED_DATASET)
     apply_thread_budget()
     _seeds, held_out = partition(rows_to_records(seed_dataset))
@@ -264,10 +264,13 @@ def validated_dataset(
         },
     )
     if not ready:
-        # DELETED: the generated data goes; the validated version with the report and reasons stays.
-        removed = versions.remove(store.get_store(), *asset_location(GENERATED_DATASET, uuid))
+        # DELETED: the generated version judged goes, exactly that one: a version another run published
+        # meanwhile was not judged and stays (with its pointer). The validated version with the report stays.
+        judged = generated_dataset.version.version
+        removed = versions.remove_version(store.get_store(), *asset_location(GENERATED_DATASET, uuid), judged,
+                                          log=context.log.info)
         context.log.warning(f"dataset {uuid} DELETED: failed gates {summary['failed_gates']}; "
-                            f"removed {removed} generated object(s)")
+                            f"removed generated version {judged} ({removed} object(s))")
     yield AssetCheckResult(
         check_name=READY_CHECK,
         passed=ready,

@@ -64,8 +64,7 @@ class StoreIOManager(ConfigurableIOManager):
         bucket, prefix = self.location(name, context.asset_partition_key)
         store = self.store.get_store()
         if isinstance(obj, AdapterFolder):
-            version = versions.publish(store, bucket, prefix, versions.folder_files(obj.path), meta=obj.meta,
-                                       log=context.log.info)
+            version = _publish(store, bucket, prefix, versions.folder_files(obj.path), obj.meta, context)
             context.add_output_metadata({**_version_metadata(store, version),
                                          "files": MetadataValue.json(sorted(version.files))})
             return
@@ -78,7 +77,7 @@ class StoreIOManager(ConfigurableIOManager):
             )
         data = dumps_jsonl(obj.rows)
         files = [(data_file_name(name), data), *obj.files.items()]
-        version = versions.publish(store, bucket, prefix, files, meta=obj.meta, log=context.log.info)
+        version = _publish(store, bucket, prefix, files, obj.meta, context)
         context.add_output_metadata({**_version_metadata(store, version), "rows": len(obj.rows), "bytes": len(data)})
 
     def load_input(self, context: InputContext):
@@ -92,6 +91,15 @@ class StoreIOManager(ConfigurableIOManager):
         key = data_file_name(name)
         rows = loads_jsonl(versions.read(store, version, key), store.uri(bucket, version.key(key)))
         return DatasetRows(rows, version)
+
+
+def _publish(store: Store, bucket: str, prefix: str, files, meta, context: OutputContext) -> versions.Version:
+    try:
+        return versions.publish(store, bucket, prefix, files, meta=meta, log=context.log.info)
+    except versions.StaleVersion as exc:
+        # Overtaken by a newer version of the same partition: a retry would only redo the work and then put
+        # this older data over the newer (its new version id would sort later), so the step fails, once.
+        raise Failure(str(exc), allow_retries=False) from None
 
 
 def _version_metadata(store: Store, version: versions.Version) -> dict:
