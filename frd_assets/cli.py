@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import os
 import shutil
 import sys
@@ -15,6 +17,8 @@ from frd_assets.core import names
 
 EXIT_BAD_INPUT = 2
 EXIT_DELETED = 3
+# The owner an output folder's marker names, so a re-run may replace its own output (core/output_dirs.py).
+TUNE_COMMAND = "frd tune"
 
 
 def _store():
@@ -194,40 +198,60 @@ def cmd_validate(args) -> int:
 
 def cmd_tune(args) -> int:
     """The LoRA search on a local JSONL file, without Dagster; re-running the same command continues it."""
-    from frd_assets.core.lora.search import SearchSettings, run_search, study_name_for
+    from frd_assets.core.lora.search import SearchSettings, SearchSpace, run_search, study_name_for
     from frd_assets.core.lora.study_storage import study_storage_url
     from frd_assets.core.lora.trial import TrainingConfig
     from frd_assets.core.models import resolve_model
+    from frd_assets.core.output_dirs import OutputDirError, check_output_dir, publish_output_dir, staging_dir
     from frd_assets.core.records import Record, loads_jsonl
     from frd_assets.core.settings import default_trials_dir, lora_settings
     from frd_assets.core.threads import apply_thread_budget, thread_budget
 
     data, out = Path(args.data), Path(args.out)
     try:
+        # First: a refused --out costs nothing, and a folder of the user's is never touched.
+        check_output_dir(out, command=TUNE_COMMAND)
         defaults = lora_settings()  # the LORA_* defaults lora_adapter's resource reads too
         base_model = args.base_model or defaults.base_model
         # FRD_TORCH_THREADS, default every core (a command has the machine to itself), split between workers.
         apply_thread_budget(thread_budget())
-        rows = loads_jsonl(data.read_bytes(), str(data))
+        content = data.read_bytes()
+        rows = loads_jsonl(content, str(data))
         records = [Record.from_dict({"id": f"line-{i}", **row}) for i, row in enumerate(rows, start=1)]
         training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
         n_workers = defaults.n_workers if args.workers is None else args.workers
         settings = SearchSettings(pruner=args.pruner, n_workers=n_workers)
+        space = SearchSpace()  # no flags for it: the default space, named in the study's hash all the same
         resolve_model(base_model)  # ModelNotFound in seconds, before the study and the data are touched
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return bad_input(exc)
-    study = args.study or study_name_for(data.stem, base_model)
-    result = run_search(
-        records,
-        base_model=base_model,
-        n_trials=args.trials or defaults.n_trials,
-        storage_url=args.storage or study_storage_url(),
-        study_name=study,
-        work_dir=Path(args.work_dir) if args.work_dir else (defaults.trials_dir or default_trials_dir()) / study,
-        out_dir=out,
-        training=training,
-        settings=settings,
-    )
+    # Named as lora_adapter names its study: a hash of the data and the training config joins the file name,
+    # so other data under the same name (or another --epochs) starts a study of its own, and the same
+    # command on the same data continues its study.
+    study = args.study or study_name_for(data.stem, base_model, inputs={
+        "data_sha256": hashlib.sha256(content).hexdigest(), "training": dataclasses.asdict(training),
+        "space": dataclasses.asdict(space)})
+    # The adapter is built beside --out and renamed into it once the search is done (core/output_dirs.py).
+    staging = staging_dir(out)
+    try:
+        result = run_search(
+            records,
+            base_model=base_model,
+            n_trials=args.trials or defaults.n_trials,
+            storage_url=args.storage or study_storage_url(),
+            study_name=study,
+            work_dir=Path(args.work_dir) if args.work_dir else (defaults.trials_dir or default_trials_dir()) / study,
+            out_dir=staging,
+            training=training,
+            space=space,
+            settings=settings,
+        )
+        publish_output_dir(staging, out, command=TUNE_COMMAND)
+    except OutputDirError as exc:  # a file put into --out while the search ran
+        return bad_input(exc)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     print(f"best hyperparameters: {result.best_params}")
     print(f"eval loss: {result.best_eval_loss:.4f} (base model {result.base_eval_loss:.4f})")
     print(f"adapter: {out}")
@@ -292,7 +316,7 @@ def cmd_export(args) -> int:
     # be read or written.
     except (OSError, ValueError) as exc:
         return bad_input(exc)
-    except MergeMismatch as exc:  # the merged model was not published: nothing lies at --out
+    except MergeMismatch as exc:  # the merged model was not published: --out is as it was
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
     print(result.check.summary())
@@ -586,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--base-model", help="model name or folder (default LORA_MODEL_NAME or the default model)")
     tune.add_argument("--trials", type=int, help="finished trials the study should hold (default LORA_N_TRIALS)")
     tune.add_argument("--storage", help="Optuna storage URL (default OPTUNA_STORAGE or an SQLite file in .cache)")
-    tune.add_argument("--study", help="study name (default from the data file name and base model)")
+    tune.add_argument("--study", help="study name (default from the data file's name and a hash of its content, the "
+                      "base model and the training flags: other data starts a new study, the same data resumes)")
     tune.add_argument("--out", required=True, help="folder for the best adapter")
     tune.add_argument("--work-dir", help="folder for every trial's adapter (default in the cache)")
     tune.add_argument("--epochs", type=int, default=2)
