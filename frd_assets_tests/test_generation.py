@@ -74,7 +74,7 @@ def test_filters(instruction, truncated, reason):
 
 
 def test_config_rejects_bad_values_naming_the_field():
-    with pytest.raises(ValueError, match="num_instructions must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_instructions must be in \[1, 1000000\], got 0"):
         GenerationConfig(num_instructions=0)
     with pytest.raises(ValueError, match="novelty_threshold"):
         GenerationConfig(novelty_threshold=1.5)

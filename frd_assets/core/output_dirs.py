@@ -6,7 +6,7 @@ listed by the marker file (MARKER) it left there; anything else is refused with 
 work. The new output is built in a staging folder beside DIR (one file system, so the final rename is
 atomic) and published by `publish_output_dir`, which checks DIR again first: training takes minutes, and a
 file the user put into DIR meanwhile must survive too. One rule, one place: every command that writes a
-folder calls these two functions.
+folder calls these functions (and a command that writes one file, check_output_file).
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ def check_output_dir(out_dir: Path, *, command: str, flag: str = "--out") -> Non
             f"{where} holds {command}'s previous output and also {extra!r}, which it did not write; move that "
             "away or give a new folder"
         )
+
+
+def check_output_file(out_file: Path, *, command: str, flag: str = "--out") -> None:
+    """An output file (`frd generate --out`) may replace a file, its own earlier output or not, since one
+    file is all it names; a folder there is refused before the work, not when the result is written."""
+    if Path(out_file).is_dir():
+        raise OutputDirError(f"{command} {flag} {str(out_file)!r} is a folder; give a file name, such as "
+                             f"{str(Path(out_file) / 'generated.jsonl')!r}")
 
 
 def staging_dir(out_dir: Path) -> Path:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from frd_assets.core.config_checks import Integer, check_value
+from frd_assets.core.config_checks import MAX_NEW_TOKENS, Integer, check_value
 from frd_assets.core.evaluation.answers import AdapterError, check_adapter_dir
 from frd_assets.core.lora.data import prompt_text
 from frd_assets.core.output_dirs import check_output_dir, publish_output_dir, staging_dir
@@ -249,6 +249,7 @@ def export_merged(
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     check_output_dir(out_dir, command=EXPORT_COMMAND)  # first: a folder of the user's is refused at once
     check_adapter_dir(adapter_dir)
+    check_value("merged export", "max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
     base_model = base_model or base_model_for_adapter(adapter_dir, print_fn=print_fn)
     resolve_model(base_model)  # ModelNotFound in seconds, before anything is loaded
     tokenizer = load_tokenizer(base_model)
