@@ -523,7 +523,25 @@ def _step_seconds(instance, run_id: str) -> dict[str, float]:
     return {k: ends[k] - starts[k] for k in starts if k in ends}
 
 
+def _check_demo_flags(args) -> int | None:
+    """The demo's two numbers against the bounds its run config is checked with, before Dagster is imported
+    or a model prepared: EXIT_BAD_INPUT with one line, or None."""
+    from frd_assets.core.config_checks import check_value
+    from frd_assets.core.generation.self_instruct import GenerationConfig
+    from frd_assets.core.lora.search import N_TRIALS
+
+    try:
+        GenerationConfig(num_instructions=args.instructions)  # what generated_dataset's run config builds
+        check_value("frd demo", "n_trials", args.trials, N_TRIALS)
+    except ValueError as exc:
+        return bad_input(exc, {"num_instructions": "--instructions", "n_trials": "--trials or LORA_N_TRIALS"})
+    return None
+
+
 def cmd_demo(args) -> int:
+    refused = _check_demo_flags(args)
+    if refused is not None:
+        return refused
     import json
 
     from dagster import AssetKey, DagsterInstance, materialize
@@ -724,10 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")
-    demo.add_argument("--instructions", type=int, default=24, help="instructions to generate (default 24)")
+    demo.add_argument("--instructions", type=_integer, default=24, help="instructions to generate (default 24)")
     demo.add_argument(
         "--trials",
-        type=int,
+        type=_integer,
         default=lora.n_trials,
         help=f"Optuna trials (default LORA_N_TRIALS or {DEFAULT_N_TRIALS})",
     )

@@ -107,6 +107,9 @@ def _flag_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                                       "max_new_tokens must be in [1, 32768], got 1000000000 (set by --max-new-tokens)"),
         "evaluate --limit": (["evaluate", adapter, "--tasks", seed, "--limit", "1e9"],
                              "limit must be in [1, 1000000]"),
+        "demo --instructions 1e9": (["demo", "--instructions", "1e9"],
+                                    "num_instructions must be in [1, 1000000], got 1000000000 (set by --instructions)"),
+        "demo --trials": (["demo", "--trials", "100000"], "n_trials must be in [1, 10000], got 100000"),
         "export --max-new-tokens": (["export", str(fake), "--merge", "--out", str(tmp_path / "out" / "merged"),
                                      "--max-new-tokens", "1e9"],
                                     "merged export: max_new_tokens must be in [1, 32768], got 1000000000 "
@@ -124,7 +127,8 @@ def _exit_status(argv: list[str]) -> int:
 
 CASE_NAMES = ["generate --prompts-per-round 1e9", "generate --num 1e9", "generate --max-rounds", "generate --num 1e999",
               "generate --out a folder", "tune --trials 1e9", "tune --workers", "tune --epochs",
-              "evaluate --max-new-tokens", "evaluate --limit", "export --max-new-tokens"]
+              "evaluate --max-new-tokens", "evaluate --limit", "export --max-new-tokens", "demo --instructions 1e9",
+              "demo --trials"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

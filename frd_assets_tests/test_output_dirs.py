@@ -57,6 +57,17 @@ def test_a_new_an_empty_and_an_own_previous_output_folder_are_written(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no staging or previous folder left beside it
 
 
+def test_out_dot_is_the_current_folder_under_the_same_rule(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    _publish(Path("."), {"adapter_config.json": "1"})
+    # The folder was replaced by the rename: a second command starts in the new one, as a new process would.
+    monkeypatch.chdir(tmp_path / "here")
+    _publish(Path("."), {"adapter_config.json": "2"})  # its own previous output, replaced
+    assert (tmp_path / "here" / "adapter_config.json").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
 @pytest.mark.parametrize("case", ["user's files", "another command's output", "own output plus a user file",
                                   "a file", "a marker that is not JSON"])
 def test_a_folder_the_command_does_not_own_is_refused_and_left_as_it_was(case, tmp_path):

@@ -61,7 +61,7 @@ def check_output_file(out_file: Path, *, command: str, flag: str = "--out") -> N
 
 def staging_dir(out_dir: Path) -> Path:
     """A fresh folder name beside out_dir (created with its parents) for building the output in."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # `--out .` has no name to put a staging folder beside
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
 
@@ -74,15 +74,16 @@ def publish_output_dir(staging: Path, out_dir: Path, *, command: str, flag: str 
     files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if not p.is_dir())
     (staging / MARKER).write_text(json.dumps({"command": command, "files": files}, indent=2) + "\n")
     check_output_dir(out_dir, command=command, flag=flag)
+    target = out_dir.resolve()  # `--out .` names a folder, but has no name of its own to rename or move aside
     previous = None
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        previous = out_dir.parent / f".{out_dir.name}.previous-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, previous)
+    if target.is_dir() and any(target.iterdir()):
+        previous = target.parent / f".{target.name}.previous-{uuid.uuid4().hex[:8]}"
+        os.replace(target, previous)
     try:
-        os.replace(staging, out_dir)  # over an empty folder too: POSIX rename replaces an empty directory
+        os.replace(staging, target)  # over an empty folder too: POSIX rename replaces an empty directory
     except BaseException:
         if previous is not None:
-            os.replace(previous, out_dir)
+            os.replace(previous, target)
         raise
     if previous is not None:
         shutil.rmtree(previous)
