@@ -99,6 +99,12 @@ def _tune_argv(tmp_path: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "--pruner", "none", *extra]
 
 
+def test_an_out_under_a_file_is_refused_before_the_work(tmp_path):
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(OutputDirError, match=r"lies under '.*notes.txt', which is a file"):
+        check_output_dir(tmp_path / "notes.txt" / "adapter", command="frd tune")
+
+
 @pytest.mark.parametrize("out_kind", ["user's folder", "a file"])
 def test_frd_tune_refuses_an_out_it_does_not_own_in_one_line_before_any_work(out_kind, tmp_path, capsys):
     data = tmp_path / "tune.jsonl"

@@ -28,9 +28,15 @@ def check_output_dir(out_dir: Path, *, command: str, flag: str = "--out") -> Non
     """Returns when command may write out_dir; OutputDirError naming the folder and the fix otherwise."""
     out_dir = Path(out_dir)
     where = f"{command} {flag} {str(out_dir)!r}"
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+    if out_dir.is_symlink():  # the rename at publish would replace the link, not fill the folder it names
+        raise OutputDirError(f"{where} is a symbolic link; give the folder it points to, or a new one")
+    if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"{where} is a file, not a folder; give a new or empty folder")
     if not out_dir.exists():
+        # Its folders are made at publish time: a file among them would fail there, after the work.
+        ancestor = next(p for p in out_dir.absolute().parents if p.exists())
+        if not ancestor.is_dir():
+            raise OutputDirError(f"{where} lies under {str(ancestor)!r}, which is a file; give a folder elsewhere")
         return
     entries = sorted(p.name for p in out_dir.iterdir())
     if not entries:
