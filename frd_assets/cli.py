@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import os
 import shutil
 import sys
 import time
 import uuid as uuid_lib
+from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
+from typing import Mapping
 
 from frd_assets.core import names
 
 EXIT_BAD_INPUT = 2
 EXIT_DELETED = 3
+# The owner an output folder's marker names, so a re-run may replace its own output (core/output_dirs.py).
+TUNE_COMMAND = "frd tune"
+# Config field -> the flag (or setting) that sets it, for the refusals of core's config checks.
+GENERATE_FLAGS = {"num_instructions": "--num", "prompts_per_round": "--prompts-per-round",
+                  "max_rounds": "--max-rounds", "checkpoint_every": "--checkpoint-every",
+                  "temperature": "--temperature", "seed": "--seed-value"}
+TUNE_FLAGS = {"n_trials": "--trials or LORA_N_TRIALS", "epochs": "--epochs", "batch_size": "--batch-size",
+              "max_length": "--max-length", "n_workers": "--workers or LORA_N_WORKERS"}
+EVALUATE_FLAGS = {"max_new_tokens": "--max-new-tokens", "limit": "--limit"}
+EXPORT_FLAGS = {"prompts": "--prompts", "max_new_tokens": "--max-new-tokens"}
 
 
 def _store():
@@ -69,11 +83,44 @@ def upload_seed(path: Path, dataset_id: str | None, eval_path: Path | None = Non
     return dataset_id
 
 
-def bad_input(exc: BaseException) -> int:
-    """Prints exc as one line on stderr (a message that spans lines is joined) and returns EXIT_BAD_INPUT."""
+def bad_input(exc: BaseException, flags: Mapping[str, str] | None = None) -> int:
+    """Prints exc as one line on stderr (a message that spans lines is joined) and returns EXIT_BAD_INPUT.
+
+    flags maps a config field to the flag that sets it (num_instructions -> --num): a ConfigError names the
+    field, and the user needs the flag to fix it."""
+    from frd_assets.core.config_checks import ConfigError
+
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    if isinstance(exc, ConfigError) and flags and exc.field in flags:
+        text += f" (set by {flags[exc.field]})"
     print(f"error: {text}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _integer(text: str) -> int:
+    """An integer flag's value. 1e9 is read as the integer it writes, so that the field's bound refuses it
+    by name with the allowed range (core/config_checks.py) rather than argparse as 'invalid int value'."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if value.adjusted() > 18:  # 1e999999999 as an int would take the memory the bound is there to save
+        raise argparse.ArgumentTypeError(f"{text!r} is far above any bound")
+    return int(value)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line, as every other refusal of `frd` (usage is in --help)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def cmd_seed_upload(args) -> int:
@@ -93,13 +140,14 @@ def cmd_generate(args) -> int:
     from frd_assets.core.generation.checkpoint import StoreCheckpoint
     from frd_assets.core.generation.self_instruct import GenerationConfig, generate
     from frd_assets.core.generation.teachers import make_teacher
+    from frd_assets.core.output_dirs import check_output_file
     from frd_assets.core.records import dumps_jsonl, parse_seed, records_to_rows
     from frd_assets.core.settings import secret, teacher_settings
     from frd_assets.core.store import LocalStore
 
     seed_path, out = Path(args.seed), Path(args.out)
     try:
-        seeds = parse_seed(seed_path.read_bytes(), str(seed_path))
+        # The flags first, against the bounds the platform's run config has too: a refusal before any work.
         config = GenerationConfig(
             num_instructions=args.num,
             prompts_per_round=args.prompts_per_round,
@@ -108,8 +156,10 @@ def cmd_generate(args) -> int:
             temperature=args.temperature,
             seed=args.seed_value,
         )
-    except (ValueError, OSError) as exc:  # SeedFormatError and ConfigError are ValueErrors
-        return bad_input(exc)
+        check_output_file(out, command="frd generate")
+        seeds = parse_seed(seed_path.read_bytes(), str(seed_path))
+    except (ValueError, OSError) as exc:  # SeedFormatError, ConfigError and OutputDirError are ValueErrors
+        return bad_input(exc, GENERATE_FLAGS)
     try:
         s = teacher_settings()
         teacher = make_teacher(
@@ -194,40 +244,63 @@ def cmd_validate(args) -> int:
 
 def cmd_tune(args) -> int:
     """The LoRA search on a local JSONL file, without Dagster; re-running the same command continues it."""
-    from frd_assets.core.lora.search import SearchSettings, run_search, study_name_for
+    from frd_assets.core.config_checks import check_value
+    from frd_assets.core.lora.search import N_TRIALS, SearchSettings, SearchSpace, run_search, study_name_for
     from frd_assets.core.lora.study_storage import study_storage_url
     from frd_assets.core.lora.trial import TrainingConfig
     from frd_assets.core.models import resolve_model
+    from frd_assets.core.output_dirs import OutputDirError, check_output_dir, publish_output_dir, staging_dir
     from frd_assets.core.records import Record, loads_jsonl
     from frd_assets.core.settings import default_trials_dir, lora_settings
     from frd_assets.core.threads import apply_thread_budget, thread_budget
 
     data, out = Path(args.data), Path(args.out)
     try:
+        # First: a refused --out costs nothing, and a folder of the user's is never touched.
+        check_output_dir(out, command=TUNE_COMMAND)
         defaults = lora_settings()  # the LORA_* defaults lora_adapter's resource reads too
         base_model = args.base_model or defaults.base_model
         # FRD_TORCH_THREADS, default every core (a command has the machine to itself), split between workers.
         apply_thread_budget(thread_budget())
-        rows = loads_jsonl(data.read_bytes(), str(data))
+        content = data.read_bytes()
+        rows = loads_jsonl(content, str(data))
         records = [Record.from_dict({"id": f"line-{i}", **row}) for i, row in enumerate(rows, start=1)]
         training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
         n_workers = defaults.n_workers if args.workers is None else args.workers
         settings = SearchSettings(pruner=args.pruner, n_workers=n_workers)
+        space = SearchSpace()  # no flags for it: the default space, named in the study's hash all the same
+        n_trials = check_value("frd tune", "n_trials", defaults.n_trials if args.trials is None else args.trials,
+                               N_TRIALS)
         resolve_model(base_model)  # ModelNotFound in seconds, before the study and the data are touched
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        return bad_input(exc, TUNE_FLAGS)
+    # Named as lora_adapter names its study: a hash of the data and the training config joins the file name,
+    # so other data under the same name (or another --epochs) starts a study of its own, and the same
+    # command on the same data continues its study.
+    study = args.study or study_name_for(data.stem, base_model, inputs={
+        "data_sha256": hashlib.sha256(content).hexdigest(), "training": dataclasses.asdict(training),
+        "space": dataclasses.asdict(space)})
+    # The adapter is built beside --out and renamed into it once the search is done (core/output_dirs.py).
+    staging = staging_dir(out)
+    try:
+        result = run_search(
+            records,
+            base_model=base_model,
+            n_trials=n_trials,
+            storage_url=args.storage or study_storage_url(),
+            study_name=study,
+            work_dir=Path(args.work_dir) if args.work_dir else (defaults.trials_dir or default_trials_dir()) / study,
+            out_dir=staging,
+            training=training,
+            space=space,
+            settings=settings,
+        )
+        publish_output_dir(staging, out, command=TUNE_COMMAND)
+    except OutputDirError as exc:  # a file put into --out while the search ran
         return bad_input(exc)
-    study = args.study or study_name_for(data.stem, base_model)
-    result = run_search(
-        records,
-        base_model=base_model,
-        n_trials=args.trials or defaults.n_trials,
-        storage_url=args.storage or study_storage_url(),
-        study_name=study,
-        work_dir=Path(args.work_dir) if args.work_dir else (defaults.trials_dir or default_trials_dir()) / study,
-        out_dir=out,
-        training=training,
-        settings=settings,
-    )
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     print(f"best hyperparameters: {result.best_params}")
     print(f"eval loss: {result.best_eval_loss:.4f} (base model {result.base_eval_loss:.4f})")
     print(f"adapter: {out}")
@@ -242,6 +315,7 @@ def cmd_evaluate(args) -> int:
         EvaluationConfig,
         base_model_for_adapter,
         check_adapter_dir,
+        check_task_count,
         evaluate_adapter,
         judge_settings_from_env,
         load_eval_tasks,
@@ -259,6 +333,7 @@ def cmd_evaluate(args) -> int:
         tasks_path = Path(args.tasks)
         tasks, skipped = load_eval_tasks(tasks_path.read_bytes(), str(tasks_path))
         config = EvaluationConfig(max_new_tokens=args.max_new_tokens, limit=args.limit)
+        check_task_count(len(tasks), config, source=str(tasks_path))  # hours of work only when asked for
         check_adapter_dir(args.adapter)
         base_model = args.base_model or base_model_for_adapter(args.adapter, print_fn=log)
         resolve_model(base_model)  # ModelNotFound in seconds, before anything is loaded
@@ -268,7 +343,7 @@ def cmd_evaluate(args) -> int:
     # TaskFileError, ConfigError, AdapterError and ModelNotFound are ValueErrors; OSError covers a missing or
     # unreadable file; TeacherError a judge endpoint that refuses or cannot be reached.
     except (OSError, ValueError, TeacherError) as exc:
-        return bad_input(exc)
+        return bad_input(exc, EVALUATE_FLAGS)
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=False))
         return 0
@@ -291,8 +366,8 @@ def cmd_export(args) -> int:
     # AdapterError, ModelNotFound and ConfigError (--prompts) are ValueErrors; OSError a folder that cannot
     # be read or written.
     except (OSError, ValueError) as exc:
-        return bad_input(exc)
-    except MergeMismatch as exc:  # the merged model was not published: nothing lies at --out
+        return bad_input(exc, EXPORT_FLAGS)
+    except MergeMismatch as exc:  # the merged model was not published: --out is as it was
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
     print(result.check.summary())
@@ -448,7 +523,25 @@ def _step_seconds(instance, run_id: str) -> dict[str, float]:
     return {k: ends[k] - starts[k] for k in starts if k in ends}
 
 
+def _check_demo_flags(args) -> int | None:
+    """The demo's two numbers against the bounds its run config is checked with, before Dagster is imported
+    or a model prepared: EXIT_BAD_INPUT with one line, or None."""
+    from frd_assets.core.config_checks import check_value
+    from frd_assets.core.generation.self_instruct import GenerationConfig
+    from frd_assets.core.lora.search import N_TRIALS
+
+    try:
+        GenerationConfig(num_instructions=args.instructions)  # what generated_dataset's run config builds
+        check_value("frd demo", "n_trials", args.trials, N_TRIALS)
+    except ValueError as exc:
+        return bad_input(exc, {"num_instructions": "--instructions", "n_trials": "--trials or LORA_N_TRIALS"})
+    return None
+
+
 def cmd_demo(args) -> int:
+    refused = _check_demo_flags(args)
+    if refused is not None:
+        return refused
     import json
 
     from dagster import AssetKey, DagsterInstance, materialize
@@ -537,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Defaults shown in --help come from the environment (core/settings.py), like the platform's own.
     service, lora = service_settings(), lora_settings()
-    parser = argparse.ArgumentParser(prog="frd", description=__doc__)
+    parser = _Parser(prog="frd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="model preparation").add_subparsers(dest="models_command", required=True)
@@ -556,12 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="Self-Instruct generation from a seed file to a JSONL file, resumable")
     gen.add_argument("seed", help="seed file (Self-Instruct, Alpaca or chat; JSONL or JSON array)")
     gen.add_argument("--out", required=True, help="output JSONL file")
-    gen.add_argument("--num", type=int, default=20, help="instructions to keep (default 20)")
-    gen.add_argument("--prompts-per-round", type=int, default=8)
-    gen.add_argument("--max-rounds", type=int, default=10)
-    gen.add_argument("--checkpoint-every", type=int, default=5)
+    gen.add_argument("--num", type=_integer, default=20, help="instructions to keep (default 20)")
+    gen.add_argument("--prompts-per-round", type=_integer, default=8)
+    gen.add_argument("--max-rounds", type=_integer, default=10)
+    gen.add_argument("--checkpoint-every", type=_integer, default=5)
     gen.add_argument("--temperature", type=float, default=0.7)
-    gen.add_argument("--seed-value", type=int, default=0, help="random seed")
+    gen.add_argument("--seed-value", type=_integer, default=0, help="random seed")
     gen.add_argument("--teacher-model", help="model name or folder (default TEACHER_MODEL or the default model)")
     gen.add_argument("--teacher-url", help="OpenAI-compatible base URL; selects the HTTP teacher")
     gen.add_argument("--checkpoint", help="checkpoint file (default OUT.checkpoint.json)")
@@ -584,16 +677,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="Optuna LoRA search on a JSONL file; re-run the same command to continue it")
     tune.add_argument("data", help="records with instruction, input, output (JSONL)")
     tune.add_argument("--base-model", help="model name or folder (default LORA_MODEL_NAME or the default model)")
-    tune.add_argument("--trials", type=int, help="finished trials the study should hold (default LORA_N_TRIALS)")
+    tune.add_argument("--trials", type=_integer, help="finished trials the study should hold (default LORA_N_TRIALS)")
     tune.add_argument("--storage", help="Optuna storage URL (default OPTUNA_STORAGE or an SQLite file in .cache)")
-    tune.add_argument("--study", help="study name (default from the data file name and base model)")
+    tune.add_argument("--study", help="study name (default from the data file's name and a hash of its content, the "
+                      "base model and the training flags: other data starts a new study, the same data resumes)")
     tune.add_argument("--out", required=True, help="folder for the best adapter")
     tune.add_argument("--work-dir", help="folder for every trial's adapter (default in the cache)")
-    tune.add_argument("--epochs", type=int, default=2)
-    tune.add_argument("--batch-size", type=int, default=4)
-    tune.add_argument("--max-length", type=int, default=256)
+    tune.add_argument("--epochs", type=_integer, default=2)
+    tune.add_argument("--batch-size", type=_integer, default=4)
+    tune.add_argument("--max-length", type=_integer, default=256)
     tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
-    tune.add_argument("--workers", type=int,
+    tune.add_argument("--workers", type=_integer,
                       help="trial processes at once, each trial in a fresh one (default LORA_N_WORKERS or 1). With "
                       "GPUs worker i uses GPU i mod count; on CPU they split FRD_TORCH_THREADS (default all cores)")
     tune.set_defaults(func=cmd_tune)
@@ -606,8 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--base-model", help="model name or folder (default: the adapter's, else LORA_MODEL_NAME)")
     ev.add_argument("--judge-url", help="OpenAI-compatible base URL of a judge (default JUDGE_BASE_URL)")
     ev.add_argument("--judge-model", help="judge model: served at --judge-url, else local (default JUDGE_MODEL)")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N tasks")
-    ev.add_argument("--max-new-tokens", type=int, default=128, help="per answer (default 128)")
+    ev.add_argument("--limit", type=_integer, help="evaluate only the first N tasks")
+    ev.add_argument("--max-new-tokens", type=_integer, default=128, help="per answer (default 128)")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -619,9 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="merge the LoRA weights into the base model's (the one export there is)")
     exp.add_argument("--out", required=True, help="new folder for the merged model and its tokenizer")
     exp.add_argument("--base-model", help="model name or folder (default: the adapter's, else LORA_MODEL_NAME)")
-    exp.add_argument("--prompts", type=int, default=20,
+    exp.add_argument("--prompts", type=_integer, default=20,
                      help="sample-seed instructions whose greedy outputs must match the adapter's (default 20)")
-    exp.add_argument("--max-new-tokens", type=int, default=32, help="per output compared (default 32)")
+    exp.add_argument("--max-new-tokens", type=_integer, default=32, help="per output compared (default 32)")
     exp.set_defaults(func=cmd_export)
 
     dash = sub.add_parser("dashboard", help="optuna-dashboard on the study storage of lora_adapter and `frd tune`")
@@ -648,10 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")
-    demo.add_argument("--instructions", type=int, default=24, help="instructions to generate (default 24)")
+    demo.add_argument("--instructions", type=_integer, default=24, help="instructions to generate (default 24)")
     demo.add_argument(
         "--trials",
-        type=int,
+        type=_integer,
         default=lora.n_trials,
         help=f"Optuna trials (default LORA_N_TRIALS or {DEFAULT_N_TRIALS})",
     )

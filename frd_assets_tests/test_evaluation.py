@@ -424,7 +424,7 @@ def _bad_files(tmp: Path, adapter_dir: Path) -> dict[str, list[str]]:
         ("unreadable tasks file", "Is a directory"),
         ("adapter without config", "has no adapter_config.json"),
         ("base model not there", "no-model"),
-        ("limit below one", "limit must be >= 1"),
+        ("limit below one", "limit must be in [1, 1000000]"),
         ("judge url without model", "needs the name of the model it serves"),
     ],
 )

@@ -95,7 +95,7 @@ def test_the_filters_signature_names_the_word_rule_and_the_languages_of_the_word
 
 
 def test_config_rejects_bad_values_naming_the_field():
-    with pytest.raises(ValueError, match="num_instructions must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_instructions must be in \[1, 1000000\], got 0"):
         GenerationConfig(num_instructions=0)
     with pytest.raises(ValueError, match="novelty_threshold"):
         GenerationConfig(novelty_threshold=1.5)

@@ -198,8 +198,9 @@ def test_a_hub_id_in_the_local_cache_loads_without_the_network(tmp_path, tiny_mo
     [
         ('{"self_bleu_sample": -1}', "validation config: self_bleu_sample must be in [2, 10000], got -1"),
         ('{"self_bleu_sample": 0}', "validation config: self_bleu_sample must be in [2, 10000], got 0"),
-        ('{"min_valid_records": 1e999}', "validation config: min_valid_records must be an integer >= 2, got inf"),
-        ('{"max_output_chars": -5}', "validation config: max_output_chars must be >= 1, got -5"),
+        ('{"min_valid_records": 1e999}',
+         "validation config: min_valid_records must be an integer in [2, 10000000], got inf"),
+        ('{"max_output_chars": -5}', "validation config: max_output_chars must be in [1, 10000000], got -5"),
         ('{"seed": "abc"}', "validation config: seed must be an integer in [0, 4294967295], got 'abc'"),
         ('{"max_self_bleu": 50, "self_bleu": 3}',
          "--config: unknown field 'self_bleu'; the fields are min_valid_records"),
@@ -217,7 +218,7 @@ def test_validate_with_a_bad_config_is_one_line_naming_field_value_and_range(cap
 # (config class, the fields to set, the whole message): every core config checks type and range by name.
 BAD_CONFIGS = [
     (GenerationConfig, {"num_instructions": 2.5},
-     "generation config: num_instructions must be an integer >= 1, got 2.5"),
+     "generation config: num_instructions must be an integer in [1, 1000000], got 2.5"),
     (GenerationConfig, {"temperature": float("inf")},
      "generation config: temperature must be a finite number in [0, 2], got inf"),
     (GenerationConfig, {"top_p": 0}, "generation config: top_p must be in (0, 1], got 0"),
@@ -234,14 +235,15 @@ BAD_CONFIGS = [
      'training config: target_modules must be "all-linear", a non-empty list of module names such as '
      '["q_proj", "v_proj"], or null, got \'q_proj\''),
     (LoraHyperparams, {"rank": 0, "lora_alpha": 8, "learning_rate": 1e-4},
-     "LoRA hyperparameters: rank must be >= 1, got 0"),
+     "LoRA hyperparameters: rank must be in [1, 16384], got 0"),
     (LoraHyperparams, {"rank": 8, "lora_alpha": 8, "learning_rate": float("nan")},
      "LoRA hyperparameters: learning_rate must be a finite number in (0, 1), got nan"),
     (SearchSpace, {"lr_min": 0}, "search space: lr_min must be in (0, 1), got 0"),
     (SearchSpace, {"alpha_min": 64, "alpha_max": 8}, "search space: alpha_max must be >= alpha_min (64), got 8"),
     (SearchSettings, {"pruner": "sometimes"},
      "search settings: pruner must be one of 'median', 'hyperband', 'none', got 'sometimes'"),
-    (SearchSettings, {"n_startup_trials": -1}, "search settings: n_startup_trials must be >= 0 or null, got -1"),
+    (SearchSettings, {"n_startup_trials": -1},
+     "search settings: n_startup_trials must be in [0, 10000] or null, got -1"),
     (SearchSettings, {"heartbeat_interval": 10, "grace_period": 10},
      "search settings: grace_period must be > heartbeat_interval (10), got 10"),
     (SearchSettings, {"seed": 2**32}, "search settings: seed must be in [0, 4294967295], got 4294967296"),
@@ -277,10 +279,11 @@ def test_a_config_field_without_a_rule_is_a_programming_error():
         (LoraRunConfig, {"weight_decay": 2.0}, "training config: weight_decay must be in [0, 1], got 2.0"),
         (LoraRunConfig, {"rank_min": 64, "rank_max": 4}, "search space: rank_max must be >= rank_min (64), got 4"),
         (LoraRunConfig, {"pruner": "sometimes"}, "search settings: pruner must be one of"),
-        (LoraRunConfig, {"n_trials": 0}, "lora_adapter config: n_trials must be >= 1 or null, got 0"),
+        (LoraRunConfig, {"n_trials": 0}, "lora_adapter config: n_trials must be in [1, 10000] or null, got 0"),
         # The three values `frd validate --config` accepted before the checks, here in the Dagster run config.
         (ValidationRunConfig, {"min_valid_records": 1e999}, "min_valid_records\n  Input should be a finite number"),
-        (ValidationRunConfig, {"max_output_chars": -5}, "validation config: max_output_chars must be >= 1, got -5"),
+        (ValidationRunConfig, {"max_output_chars": -5},
+         "validation config: max_output_chars must be in [1, 10000000], got -5"),
         (ValidationRunConfig, {"seed": "abc"}, "seed\n  Input should be a valid integer"),
     ],
 )

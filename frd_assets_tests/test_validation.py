@@ -165,13 +165,13 @@ def test_config_rejects_out_of_range_thresholds():
 
 # (field, value, message after "validation config: "): issue 10 found the first three accepted.
 BAD_CONFIG_VALUES = [
-    ("min_valid_records", float("inf"), "min_valid_records must be an integer >= 2, got inf"),
-    ("max_output_chars", -5, "max_output_chars must be >= 1, got -5"),
+    ("min_valid_records", float("inf"), "min_valid_records must be an integer in [2, 10000000], got inf"),
+    ("max_output_chars", -5, "max_output_chars must be in [1, 10000000], got -5"),
     ("seed", "abc", "seed must be an integer in [0, 4294967295], got 'abc'"),
     ("self_bleu_sample", -1, "self_bleu_sample must be in [2, 10000], got -1"),
     ("self_bleu_sample", 0, "self_bleu_sample must be in [2, 10000], got 0"),
     ("self_bleu_sample", 4.0, "self_bleu_sample must be an integer in [2, 10000], got 4.0"),
-    ("min_valid_records", True, "min_valid_records must be an integer >= 2, got True"),
+    ("min_valid_records", True, "min_valid_records must be an integer in [2, 10000000], got True"),
     ("min_valid_share", float("nan"), "min_valid_share must be a finite number in [0, 1], got nan"),
     ("max_self_bleu", "60", "max_self_bleu must be a finite number in [0, 100], got '60'"),
     ("max_seed_bleu", 100.5, "max_seed_bleu must be in [0, 100], got 100.5"),

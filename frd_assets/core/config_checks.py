@@ -4,8 +4,11 @@ Config reaches core as JSON (`frd validate --config`), CLI flags and Dagster lau
 comparison in `__post_init__` lets through what those carry by mistake: `1e999` is a float infinity that
 compares fine, `True` is an int, NaN fails no comparison at all, and `"abc" < 1` raises a TypeError that
 names no field. So each config's `__post_init__` calls `check_fields` with a rule for every one of its
-fields; a field without a rule is a programming error, so a new field cannot go unchecked. A bad value
-raises ConfigError naming the config, the field, the value and what is allowed.
+fields; a field without a rule is a programming error, so a new field cannot go unchecked. Every numeric
+rule has an upper bound as well (check_fields refuses one without): `prompts_per_round: 1e9` or
+`n_trials: 1e9` is a typo, and is refused where the config is built (a Dagster run config, a CLI flag)
+instead of running until memory or patience runs out. A bad value raises ConfigError naming the config, the
+field, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ class Names:
 
 # numpy and torch take seeds in [0, 2**32): a larger one fails deep inside them, far from the config.
 SEED = Integer(0, 2**32 - 1)
+# New tokens per answer, for every generating config and command: the longest contexts of today's models.
+MAX_NEW_TOKENS = Integer(1, 32_768)
 
 
 def check_value(config: str, field: str, value: Any, rule: Rule) -> Any:
@@ -146,6 +151,9 @@ def check_fields(config: Any, label: str, rules: Mapping[str, Rule]) -> None:
             f"{type(config).__name__}: every field needs exactly one rule; "
             f"unchecked {sorted(set(names) - set(rules))}, unknown {sorted(set(rules) - set(names))}"
         )
+    unbounded = sorted(n for n, r in rules.items() if isinstance(r, (Integer, Number)) and r.high is None)
+    if unbounded:
+        raise TypeError(f"{type(config).__name__}: every numeric field needs an upper bound; none for {unbounded}")
     for name in names:
         value = getattr(config, name)
         checked = check_value(label, name, value, rules[name])

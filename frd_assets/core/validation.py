@@ -81,7 +81,7 @@ class ValidationConfig:
 
 
 _VALIDATION_RULES = {
-    "min_valid_records": Integer(2),
+    "min_valid_records": Integer(2, 10_000_000),
     "min_valid_share": Number(0, 1),
     "max_seed_rouge_l": Number(0, 1),
     "max_seed_bleu": Number(0, 100),
@@ -89,8 +89,8 @@ _VALIDATION_RULES = {
     "max_pairwise_rouge_l": Number(0, 1),
     # Self-BLEU needs two sentences; the pairwise ROUGE-L gate holds a sample-by-sample matrix in memory.
     "self_bleu_sample": Integer(2, 10_000),
-    "max_instruction_words": Integer(1),
-    "max_output_chars": Integer(1),
+    "max_instruction_words": Integer(1, 100_000),
+    "max_output_chars": Integer(1, 10_000_000),
     # 0 would make every pair of records duplicates.
     "near_duplicate_threshold": Number(0, 1, low_open=True),
     # Longer shingles than 8 words are longer than most instructions: one shingle per record, exact matching.

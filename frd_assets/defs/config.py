@@ -8,16 +8,17 @@ LoRA search, `training()`, `space()` and `settings()`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from dagster import Config
 from pydantic import model_validator
 
-from frd_assets.core.config_checks import Integer, OneOf, check_value
+from frd_assets.core.config_checks import OneOf, check_value
 from frd_assets.core.evaluation import EvaluationConfig
 from frd_assets.core.generation.self_instruct import GenerationConfig
 from frd_assets.core.held_out import HeldOutConfig
-from frd_assets.core.lora.search import SearchSettings, SearchSpace
+from frd_assets.core.lora.search import N_TRIALS, SearchSettings, SearchSpace
 from frd_assets.core.lora.trial import TrainingConfig
 from frd_assets.core.validation import ValidationConfig
 
@@ -131,7 +132,7 @@ class LoraRunConfig(Config):
 
     @model_validator(mode="after")
     def check_with_core(self) -> "LoraRunConfig":
-        check_value("lora_adapter config", "n_trials", self.n_trials, Integer(1, optional=True))
+        check_value("lora_adapter config", "n_trials", self.n_trials, dataclasses.replace(N_TRIALS, optional=True))
         self.training()
         self.space()
         self.settings()

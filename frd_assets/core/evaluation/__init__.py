@@ -12,6 +12,7 @@ from frd_assets.core.evaluation.report import (
     EvaluationConfig,
     EvaluationReport,
     base_model_for_adapter,
+    check_task_count,
     evaluate_adapter,
 )
 from frd_assets.core.evaluation.tasks import EvalTask, TaskFileError, eval_tasks_from_records, load_eval_tasks
@@ -28,6 +29,7 @@ __all__ = [
     "TaskFileError",
     "base_model_for_adapter",
     "check_adapter_dir",
+    "check_task_count",
     "eval_tasks_from_records",
     "evaluate_adapter",
     "generate_answers",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from frd_assets.core.config_checks import SEED, Integer, check_fields
+from frd_assets.core.config_checks import MAX_NEW_TOKENS, SEED, Integer, check_fields
 from frd_assets.core.evaluation.answers import Answers, check_adapter_dir, generate_answers
 from frd_assets.core.evaluation.judge import JUDGE_PROMPT_VERSION, Judge, JudgedTask
 from frd_assets.core.evaluation.stats import (
@@ -50,12 +50,12 @@ class EvaluationConfig:
 
 
 _CONFIG_RULES = {
-    "max_new_tokens": Integer(1, 32_768),
+    "max_new_tokens": MAX_NEW_TOKENS,
     "batch_size": Integer(1, 4096),
     # Fewer resamples give an interval whose ends move from seed to seed by more than they mean.
     "bootstrap_samples": Integer(100, 1_000_000),
     "seed": SEED,
-    "limit": Integer(1, optional=True),
+    "limit": Integer(1, 1_000_000, optional=True),  # above any task file a seed-sized upload can hold
 }
 
 
@@ -226,6 +226,37 @@ def _cell(text: str, *, limit: int | None = None) -> str:
 def _words(texts: Sequence[str]) -> float:
     # The words ROUGE-L counts: a Chinese answer has no spaces, so split() would make it one word.
     return mean([len(words(t)) for t in texts])
+
+
+# More tasks than this are evaluated only when asked for by a limit (`frd evaluate --limit`): 500 tasks take
+# half an hour on 2 CPU cores at the default 128 new tokens, a task file of 200,000 more than a week.
+MAX_TASKS_WITHOUT_LIMIT = 500
+# Seconds per task, base and adapter answer batched 8 at a time, no judge, on 2 CPU cores with the default
+# model at max_new_tokens 48: benchmarks.evaluation's 22.11 s for 16 tasks (README, "Evaluation").
+_SECONDS_PER_TASK_AT_48_TOKENS = 22.11 / 16
+
+
+def estimated_seconds(n_tasks: int, max_new_tokens: int) -> float:
+    """Time to answer n_tasks with the base model and the adapter: the benchmark's seconds per task, scaled
+    by max_new_tokens / 48, since greedy decoding costs about the same for each new token and answers run
+    to their budget often enough. At 128 tokens that is 3.7 s a task; the demo's evaluation, model load
+    and bootstrap included, took 4.3 s a task (34.6 s for 8). A GPU is faster, a larger model or a judge
+    slower: an order of magnitude for a refusal to state, not a promise."""
+    return n_tasks * _SECONDS_PER_TASK_AT_48_TOKENS * max_new_tokens / 48
+
+
+def check_task_count(n_tasks: int, config: EvaluationConfig, *, source: str, flag: str = "--limit") -> None:
+    """ValueError, with the count and the time ahead, for more than MAX_TASKS_WITHOUT_LIMIT tasks and no
+    limit: hours of work are started only when asked for by number."""
+    if config.limit is not None or n_tasks <= MAX_TASKS_WITHOUT_LIMIT:
+        return
+    hours = estimated_seconds(n_tasks, config.max_new_tokens) / 3600
+    raise ValueError(
+        f"{source}: {n_tasks} tasks, more than the {MAX_TASKS_WITHOUT_LIMIT} evaluated without {flag}: about "
+        f"{hours:,.1f} hours on 2 CPU cores at max_new_tokens {config.max_new_tokens} (the evaluation "
+        f"benchmark's {_SECONDS_PER_TASK_AT_48_TOKENS:.1f} s a task per 48 new tokens; less on a GPU); give "
+        f"{flag} N to evaluate the first N, or {flag} {n_tasks} for all of them"
+    )
 
 
 def evaluate_adapter(

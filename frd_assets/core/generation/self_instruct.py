@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Collection, Sequence
 
-from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
+from frd_assets.core.config_checks import MAX_NEW_TOKENS, SEED, Integer, Number, OneOf, check_fields, check_order
 from frd_assets.core.generation.checkpoint import Checkpoint
 from frd_assets.core.generation.filters import FilterConfig, filters_signature, instruction_reject_reason
 from frd_assets.core.generation.prompts import (
@@ -78,20 +78,21 @@ class GenerationConfig:
 
 
 _GENERATION_RULES = {
-    "num_instructions": Integer(1),
+    # Far above what one run should make (a seed is at most about 400,000 tasks); the bounds catch typos.
+    "num_instructions": Integer(1, 1_000_000),
     "seed_tasks_per_prompt": Integer(1, 100),
     "generated_per_prompt": Integer(0, 100),
-    "prompts_per_round": Integer(1),
-    "max_rounds": Integer(1),
+    "prompts_per_round": Integer(1, 10_000),  # each round's prompts are built and held in memory at once
+    "max_rounds": Integer(1, 100_000),
     "novelty_threshold": Number(0, 1, low_open=True),
     "embedding_dedup_threshold": Number(0, 1, low_open=True, optional=True),
     "temperature": Number(0, 2),  # above 2 a teacher writes noise, and OpenAI's API refuses it
     "top_p": Number(0, 1, low_open=True),
-    "max_new_tokens_instructions": Integer(1, 32_768),
-    "max_new_tokens_instance": Integer(1, 32_768),
-    "min_words": Integer(1),
-    "max_words": Integer(1),
-    "checkpoint_every": Integer(1),
+    "max_new_tokens_instructions": MAX_NEW_TOKENS,
+    "max_new_tokens_instance": MAX_NEW_TOKENS,
+    "min_words": Integer(1, 10_000),
+    "max_words": Integer(1, 10_000),
+    "checkpoint_every": Integer(1, 1_000_000),
     "seed": SEED,
     "instance_format": OneOf(INSTANCE_FORMATS),
 }

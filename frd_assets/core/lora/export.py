@@ -10,7 +10,8 @@ other than the adapter's), so the export proves itself, in two named phases:
    save the merged model and its tokenizer to a staging folder beside the target (same file system, so
    the final rename is atomic).
 2. `publish_if_identical`: reload the staging folder from disk the way a user will, generate the same
-   greedy outputs, compare them token for token, and only then rename staging to the target. On any
+   greedy outputs, compare them token for token, and only then rename staging to the target (which must
+   be new, empty or an earlier export: core/output_dirs.py). On any
    mismatch the staging folder is deleted and MergeMismatch is raised: the target is never created, so
    no folder that looks exported exists unless it passed the check.
 
@@ -22,18 +23,20 @@ are safetensors only, without remote code. This module never imports Dagster.
 from __future__ import annotations
 
 import gc
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from frd_assets.core.config_checks import Integer, check_value
+from frd_assets.core.config_checks import MAX_NEW_TOKENS, Integer, check_value
 from frd_assets.core.evaluation.answers import AdapterError, check_adapter_dir
 from frd_assets.core.lora.data import prompt_text
+from frd_assets.core.output_dirs import check_output_dir, publish_output_dir, staging_dir
 from frd_assets.core.records import parse_seed
 from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
+
+# The command whose --out the export writes: the owner its output folder's marker names (core/output_dirs.py).
+EXPORT_COMMAND = "frd export"
 
 
 class MergeMismatch(RuntimeError):
@@ -200,7 +203,7 @@ def publish_if_identical(
 ) -> MergeCheck:
     """Phase 2: reload staging from disk, compare with the reference, then rename it to out_dir or delete it.
 
-    Raises MergeMismatch (staging deleted, out_dir never created) when any output differs.
+    Raises MergeMismatch (staging deleted, out_dir neither created nor changed) when any output differs.
     """
     from frd_assets.core.models import load_causal_lm, load_tokenizer
 
@@ -216,21 +219,11 @@ def publish_if_identical(
                 f"nothing was written to {out_dir}. Check that --base-model is the model the adapter was "
                 "trained on, and report the adapter if it is"
             )
-        if out_dir.is_dir():
-            out_dir.rmdir()  # an empty folder the user made; _check_out_dir refused a non-empty one
-        os.replace(staging, out_dir)
+        publish_output_dir(staging, out_dir, command=EXPORT_COMMAND)
         return check
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(
-            f"output folder {str(out_dir)!r} already exists and is not an empty folder; the export never "
-            "overwrites: give a new folder, or remove this one first"
-        )
 
 
 def export_merged(
@@ -254,16 +247,15 @@ def export_merged(
     from frd_assets.core.models import load_tokenizer, pick_device, resolve_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    check_output_dir(out_dir, command=EXPORT_COMMAND)  # first: a folder of the user's is refused at once
     check_adapter_dir(adapter_dir)
-    _check_out_dir(out_dir)
+    check_value("merged export", "max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
     base_model = base_model or base_model_for_adapter(adapter_dir, print_fn=print_fn)
     resolve_model(base_model)  # ModelNotFound in seconds, before anything is loaded
     tokenizer = load_tokenizer(base_model)
     prompts = check_prompts(tokenizer, n_prompts)
     device = device or pick_device()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the target, so the final rename stays on one file system and is atomic.
-    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging = staging_dir(out_dir)
     print_fn(f"merging {adapter_dir} into {base_model}; checking greedy outputs on {len(prompts)} prompts")
     try:
         reference = merge_to_staging(adapter_dir, base_model, staging, prompts, tokenizer=tokenizer,

@@ -157,8 +157,8 @@ _RULES = {
     "gpus": Integer(0, 64),
     "node_selector": _StringMap(),
     "tolerations": _Objects(),
-    "backoff_limit": Integer(0),
-    "ttl_seconds_after_finished": Integer(0),
+    "backoff_limit": Integer(0, 100),
+    "ttl_seconds_after_finished": Integer(0, 30 * 86_400),
 }
 
 

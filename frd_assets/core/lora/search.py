@@ -13,14 +13,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
-from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
+from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order, check_value
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
 from frd_assets.core.lora.study_storage import engine_kwargs
-from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, evaluate_loss
+from frd_assets.core.lora.trial import LORA_ALPHA, RANK, LoraHyperparams, TrainingConfig, evaluate_loss
 from frd_assets.core.records import Record
 
 if TYPE_CHECKING:  # worker.py imports this module: the search reaches it only inside run_search
     from frd_assets.core.lora.worker import TrialWorkers
+
+# Finished trials a study should hold, wherever the number comes from (lora_adapter's run config, LORA_N_TRIALS,
+# `frd tune --trials`): 20 hours of the tiny test model's trials at about 500 an hour, weeks of a real
+# model's, so only a typo goes past it.
+N_TRIALS = Integer(1, 10_000)
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,10 @@ class SearchSpace:
 
 # The same ranges as LoraHyperparams: every point of the space must be a valid trial.
 _SPACE_RULES = {
-    "rank_min": Integer(1),
-    "rank_max": Integer(1),
-    "alpha_min": Integer(1),
-    "alpha_max": Integer(1),
+    "rank_min": RANK,
+    "rank_max": RANK,
+    "alpha_min": LORA_ALPHA,
+    "alpha_max": LORA_ALPHA,
     "lr_min": Number(0, 1, low_open=True, high_open=True),
     "lr_max": Number(0, 1, low_open=True, high_open=True),
 }
@@ -109,10 +114,10 @@ class SearchSettings:
 
 _SETTINGS_RULES = {
     "pruner": OneOf(("median", "hyperband", "none")),
-    "pruner_startup_trials": Integer(0),
-    "n_startup_trials": Integer(0, optional=True),
-    "heartbeat_interval": Integer(1),
-    "grace_period": Integer(1),
+    "pruner_startup_trials": Integer(0, N_TRIALS.high),
+    "n_startup_trials": Integer(0, N_TRIALS.high, optional=True),
+    "heartbeat_interval": Integer(1, 3600),
+    "grace_period": Integer(1, 86_400),  # a day: a trial process silent longer than that is gone
     "seed": SEED,
     "n_workers": Integer(1, 1024),
 }
@@ -204,8 +209,7 @@ def run_search(
     training = training or TrainingConfig()
     space = space or SearchSpace()
     settings = settings or SearchSettings(seed=training.seed)
-    if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    check_value("LoRA search", "n_trials", n_trials, N_TRIALS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats are marked experimental in Optuna 5 but are the documented way to recover dead trials.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

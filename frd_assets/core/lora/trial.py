@@ -24,9 +24,14 @@ class LoraHyperparams:
         check_fields(self, "LoRA hyperparameters", _HYPERPARAM_RULES)
 
 
+# A rank above a model's hidden size adds nothing (the largest today's are 16,384 wide); alpha is usually
+# one to two times the rank.
+RANK = Integer(1, 16_384)
+LORA_ALPHA = Integer(1, 65_536)
+
 _HYPERPARAM_RULES = {
-    "rank": Integer(1),
-    "lora_alpha": Integer(1),
+    "rank": RANK,
+    "lora_alpha": LORA_ALPHA,
     "learning_rate": Number(0, 1, low_open=True, high_open=True),
 }
 
