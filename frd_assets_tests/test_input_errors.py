@@ -277,7 +277,7 @@ def test_a_config_field_without_a_rule_is_a_programming_error():
         (LoraRunConfig, {"weight_decay": 2.0}, "training config: weight_decay must be in [0, 1], got 2.0"),
         (LoraRunConfig, {"rank_min": 64, "rank_max": 4}, "search space: rank_max must be >= rank_min (64), got 4"),
         (LoraRunConfig, {"pruner": "sometimes"}, "search settings: pruner must be one of"),
-        (LoraRunConfig, {"n_trials": 0}, "lora_adapter config: n_trials must be >= 1 or null, got 0"),
+        (LoraRunConfig, {"n_trials": 0}, "lora_adapter config: n_trials must be in [1, 10000] or null, got 0"),
         # The three values `frd validate --config` accepted before the checks, here in the Dagster run config.
         (ValidationRunConfig, {"min_valid_records": 1e999}, "min_valid_records\n  Input should be a finite number"),
         (ValidationRunConfig, {"max_output_chars": -5}, "validation config: max_output_chars must be >= 1, got -5"),

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
-from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order
+from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order, check_value
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
 from frd_assets.core.lora.study_storage import engine_kwargs
 from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, evaluate_loss
@@ -47,6 +47,10 @@ class SearchSpace:
             learning_rate=trial.suggest_float("learning_rate", self.lr_min, self.lr_max, log=True),
         )
 
+
+# Trials of one search: each trains an adapter, so ten thousand is already weeks of GPU time; a larger
+# count is a typo (1e9) that would only fail, or never end, once the run has started.
+N_TRIALS = Integer(1, 10_000)
 
 # The same ranges as LoraHyperparams: every point of the space must be a valid trial.
 _SPACE_RULES = {
@@ -204,8 +208,7 @@ def run_search(
     training = training or TrainingConfig()
     space = space or SearchSpace()
     settings = settings or SearchSettings(seed=training.seed)
-    if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    check_value("search", "n_trials", n_trials, N_TRIALS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats are marked experimental in Optuna 5 but are the documented way to recover dead trials.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
