@@ -76,8 +76,9 @@ def code_env_reads() -> set[str]:
 
 
 def test_compose_has_every_service(compose):
-    assert set(compose["services"]) == {"minio", "create-buckets", "postgres", "redis", "code-server",
-                                        "dagster-webserver", "dagster-daemon", "cpu-worker", "gpu-worker",
+    assert set(compose["services"]) == {"minio", "create-buckets", "postgres", "redis", "dagster-migrate",
+                                        "code-server", "dagster-webserver", "dagster-daemon", "cpu-worker",
+                                        "gpu-worker",
                                         "dagster-webserver-watch", "auth-proxy"}
     # `docker compose up -d` starts neither the read-only webserver nor the proxy: each has its profile.
     profiles = {name: s.get("profiles") for name, s in compose["services"].items() if s.get("profiles")}
