@@ -33,7 +33,7 @@ from frd_assets.core.held_out import (
     partition,
     split_held_out,
 )
-from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
+from frd_assets.core.lora.search import StudyStorageError, history_markdown, run_search, study_name_for
 from frd_assets.core.names import (
     ADAPTER_EVALUATION,
     BEATS_BASE_CHECK,
@@ -61,7 +61,7 @@ from frd_assets.defs.config import (
     SeedRunConfig,
     ValidationRunConfig,
 )
-from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRows
+from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRows, no_retry_when_full
 from frd_assets.defs.partitions import dataset_partitions, partition_dataset_id
 from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource, TeacherResource
 
@@ -177,7 +177,8 @@ def generated_dataset(
     checkpoint = StoreCheckpoint(store.get_store(), *checkpoint_location(uuid), inputs=inputs)
     # Held-out tasks are never shown to the teacher; they only join the novelty pool.
     seeds, held_out = partition(rows_to_records(seed_dataset))
-    result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out, log=context.log.info)
+    with no_retry_when_full():  # the checkpoint is written to the store after each round
+        result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out, log=context.log.info)
     if not result.records:
         raise Failure(
             f"generation for dataset {uuid} kept no records after {result.rounds} rounds "
@@ -325,20 +326,24 @@ def lora_adapter(
     # it instead of starting over; new data starts a new study. Its trials run in n_workers
     # processes of this run's thread budget, or in Kubernetes pods when FRD_K8S_TRIAL_WORKERS says so.
     search_settings = config.settings(default_workers=lora.n_workers)
-    result = run_search(
-        rows_to_records(validated_dataset),
-        base_model=base_model,
-        n_trials=config.n_trials or lora.n_trials,
-        storage_url=lora.storage_url(),
-        study_name=study,
-        work_dir=work_dir,
-        out_dir=work_dir / "best",
-        training=training,
-        space=space,
-        settings=search_settings,
-        workers=lora.trial_workers(),
-        print_fn=context.log.info,
-    )
+    try:
+        result = run_search(
+            rows_to_records(validated_dataset),
+            base_model=base_model,
+            n_trials=config.n_trials or lora.n_trials,
+            storage_url=lora.storage_url(),
+            study_name=study,
+            work_dir=work_dir,
+            out_dir=work_dir / "best",
+            training=training,
+            space=space,
+            settings=search_settings,
+            workers=lora.trial_workers(),
+            print_fn=context.log.info,
+        )
+    except StudyStorageError as exc:
+        # A retry meets the same lost database; the message says what to fix, and a new launch resumes.
+        raise Failure(str(exc), allow_retries=False) from None
     improvement = result.base_eval_loss - result.best_eval_loss
     inputs = {VALIDATED_DATASET: validated_dataset.version.version, "base_model": base_model}
     yield Output(
@@ -447,7 +452,8 @@ def adapter_evaluation(
             "samples": MetadataValue.md(report.samples_markdown(10)),
         },
     )
-    _card_with_evaluation(s, uuid, lora_adapter, report, context.log.info)
+    with no_retry_when_full():
+        _card_with_evaluation(s, uuid, lora_adapter, report, context.log.info)
     yield AssetCheckResult(
         check_name=BEATS_BASE_ON_HELD_OUT_CHECK,
         passed=report.adapter_beats_base,
