@@ -126,3 +126,32 @@ def test_runs_of_one_dataset_start_one_at_a_time(graphql, instance):
         list(daemon.run_iteration(graphql.process_context))
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def test_the_definitions_resources_ignore_a_run_config_that_would_redirect_them(tmp_path, dagster_instance,
+                                                                                 sample_seed_bytes, dataset_id):
+    """Defect 6 below the coordinator (a run executed in process never passes one): the store stays the
+    deployment's, whatever the run config says."""
+    from dagster import AssetKey, DagsterInvalidConfigError
+
+    from frd_assets.core import versions
+    from frd_assets.core.datasets import asset_location
+    from frd_assets.core.store import SEEDS_BUCKET, LocalStore
+    from frd_assets.definitions import build_definitions
+
+    deployed, elsewhere = LocalStore(tmp_path / "deployed"), LocalStore(tmp_path / "elsewhere")
+    deployed.put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
+    elsewhere.put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
+    job = build_definitions({"FRD_LOCAL_STORE": str(tmp_path / "deployed")}).resolve_implicit_global_asset_job_def()
+    dagster_instance.add_dynamic_partitions("dataset_uuid", [dataset_id])
+    redirect = {"resources": {"store": {"config": {"local_root": str(tmp_path / "elsewhere")}}}}
+    try:
+        result = job.execute_in_process(run_config=redirect, instance=dagster_instance, partition_key=dataset_id,
+                                        asset_selection=[AssetKey("seed_dataset")])
+    except DagsterInvalidConfigError:
+        return  # refused outright: nothing ran
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("seed_dataset")
+    source = str(materialization.metadata["source"].value)
+    assert source == deployed.uri(SEEDS_BUCKET, f"{dataset_id}.jsonl"), source
+    assert versions.current(deployed, *asset_location("seed_dataset", dataset_id))
