@@ -26,9 +26,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# The Dagster UI on the demo's instance: http://127.0.0.1:3000
+# The Dagster UI on the demo's instance: http://127.0.0.1:3000. The storage is created and migrated once
+# first: `dagster dev` starts the webserver and the daemon together, and on a fresh instance both would
+# migrate it at once and race (the code location then fails to load).
 dev: install
 	mkdir -p .dagster_home && cp -n dagster.yaml .dagster_home/ 2>/dev/null || true
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster instance migrate
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 # optuna-dashboard on the study storage lora_adapter and `frd tune` use: http://127.0.0.1:8080

@@ -481,12 +481,14 @@ def cmd_status(args) -> int:
 
 
 def _current_versions(dataset_id: str) -> tuple[dict[str, str], str | None]:
-    """asset -> the folder its pointer names now, read from the store as the IO manager reads it: Dagster's
+    """asset -> the folder its pointer names now and the input versions it was computed from
+    ('<folder>  <- seed_dataset <version>'), read from the store as the IO manager reads it: Dagster's
     metadata names the version a run wrote, which a later run (the evaluation's model card, say) may have
     replaced. The store's problem, if it cannot be read from here, instead of an error: the GraphQL part
     of the status stands on its own."""
     from frd_assets.core import versions
     from frd_assets.core.datasets import asset_location
+    from frd_assets.core.provenance import describe
     from frd_assets.core.store import ObjectNotFound, StoreError
 
     out: dict[str, str] = {}
@@ -498,7 +500,7 @@ def _current_versions(dataset_id: str) -> tuple[dict[str, str], str | None]:
                 version = versions.current(store, bucket, prefix)
             except ObjectNotFound:
                 continue
-            out[asset] = store.uri(version.bucket, version.folder)
+            out[asset] = f"{store.uri(version.bucket, version.folder)}  {describe(version.meta)}"
     except (StoreError, ValueError) as exc:
         return out, str(exc).splitlines()[0]
     return out, None

@@ -67,6 +67,22 @@ query CodeLocation($assetKey: AssetKeyInput!) {
 }
 """
 
+# Each code location, and the error of one that failed to load: a location whose code raised on import
+# serves no assets either, and only this tells that apart from a webserver that lacks the frd location.
+LOCATIONS = """
+query Locations {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        locationOrLoadError { __typename ... on PythonError { message errorChain { error { message } } } }
+      }
+    }
+  }
+}
+"""
+
 PERMISSIONS = """
 query Permissions { permissions { permission value } }
 """
@@ -155,14 +171,33 @@ class FrdClient:
             if location is None or repository is None:
                 data = self._query(CODE_LOCATION, {"assetKey": {"path": [ASSETS[0]]}})["assetNodeOrError"]
                 if data["__typename"] != "AssetNode":
-                    raise FrdClientError(
-                        f"{self.url} serves no {ASSETS[0]} asset ({data['__typename']}); is frd_assets.definitions "
-                        "one of its code locations?"
-                    )
+                    raise self._no_assets(data["__typename"])
                 location = location or data["repository"]["location"]["name"]
                 repository = repository or data["repository"]["name"]
             self._selector = {"repositoryLocationName": location, "repositoryName": repository}
         return self._selector
+
+    def _no_assets(self, typename: str) -> FrdClientError:
+        """Why the webserver serves no seed_dataset: a code location that failed to load (named, with its
+        error's last line), else no frd code location at all."""
+        workspace = self._query(LOCATIONS, {})["workspaceOrError"]
+        for entry in workspace.get("locationEntries") or []:
+            loaded = entry.get("locationOrLoadError") or {}
+            if loaded.get("__typename") == "PythonError":
+                # Dagster wraps the code's own exception ("Error occurred during the loading..."); the end of
+                # its chain is the code's error, the line that says what to fix.
+                chain = [link["error"]["message"] for link in loaded.get("errorChain") or []]
+                text = chain[-1] if chain else loaded.get("message") or ""
+                lines = [line for line in text.splitlines() if line.strip()]
+                return FrdClientError(
+                    f"code location {entry['name']!r} of {self.url} failed to load: "
+                    f"{lines[-1].strip() if lines else 'no message'}; fix it (the webserver's log has the "
+                    "traceback), then reload the location in the UI (Deployment) or restart the webserver"
+                )
+        return FrdClientError(
+            f"{self.url} serves no {ASSETS[0]} asset ({typename}); is frd_assets.definitions one of its code "
+            "locations?"
+        )
 
     def _query(self, query: str, variables: dict) -> dict:
         try:
@@ -213,7 +248,7 @@ class FrdClient:
     def partitions(self) -> list[str]:
         data = self._query(PARTITION_KEYS, {"assetKey": {"path": [SEED_DATASET]}})["assetNodeOrError"]
         if data["__typename"] != "AssetNode":
-            raise FrdClientError(f"{self.url} serves no seed_dataset asset; is it the frd_assets code location?")
+            raise self._no_assets(data["__typename"])
         return data["partitionKeys"]
 
     def launch(self, uuid: str, *, assets: Sequence[str] | None = None, base_model: str | None = None) -> str:

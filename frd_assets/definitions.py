@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from dagster import Definitions
+from dagster import Definitions, IOManager, IOManagerDefinition, ResourceDefinition
 
 from frd_assets.defs.assets import adapter_evaluation, generated_dataset, lora_adapter, seed_dataset, validated_dataset
 from frd_assets.defs.io_managers import StoreIOManager
@@ -30,12 +30,25 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
     }
 
 
+def fixed(resources: Mapping[str, object]) -> dict[str, ResourceDefinition]:
+    """The resources as they are, taking no run config: they are the deployment's settings (the store, the
+    teacher's endpoint and key, the judge, the study storage). A configurable resource would let anyone
+    who may launch a run point its worker at any folder or endpoint, and an override of one field would
+    silently reset the others to their defaults. (The run coordinator also refuses a `resources` section.)
+    Secrets stay EnvVar references, read where they are used (defs/resources.resolved)."""
+    return {
+        key: (IOManagerDefinition.hardcoded_io_manager(value) if isinstance(value, IOManager)
+              else ResourceDefinition.hardcoded_resource(value))
+        for key, value in resources.items()
+    }
+
+
 def build_definitions(env: Mapping[str, str] | None = None) -> Definitions:
     return Definitions(
         assets=ASSETS,
         jobs=[prepare_dataset_job, train_adapter_job, seed_to_adapter_job],
         sensors=[seed_upload_sensor, adapter_on_ready_sensor],
-        resources=build_resources(env),
+        resources=fixed(build_resources(env)),
     )
 
 

@@ -7,7 +7,9 @@ must remember, so runs launched from the UI, a sensor, an automation condition o
   submitted, so `tag_concurrency_limits` on that tag (one GPU run per GPU) hold before anything launches.
   It also refuses, before anything runs, a run whose partition is not a dataset id: Dagster accepts any
   string as a dynamic partition key over GraphQL, and `<id>/` or `/<id>` would name another dataset's
-  objects. (Each asset checks again at its first line, for runs that never pass a coordinator.)
+  objects. (Each asset checks again at its first line, for runs that never pass a coordinator.) And it
+  refuses a run config that sets resources or a value core refuses (defs/config.check_run_config), so
+  such a run never queues.
 - `QueueRoutingRunLauncher` delegates each run to the launcher configured for its queue (in-process,
   Celery queues, Kubernetes jobs with GPU resources...) and delegates termination and health checks to
   the launcher that started the run.
@@ -30,6 +32,7 @@ from frd_assets.core.datasets import check_dataset_id
 from frd_assets.core.names import CPU_QUEUE as CPU
 from frd_assets.core.names import GPU_QUEUE as GPU
 from frd_assets.core.names import QUEUE_TAG
+from frd_assets.defs.config import check_run_config
 
 # Run tags that carry partition keys: one partition, or the two ends of a ranged (single-run) backfill.
 PARTITION_TAGS = ("dagster/partition", "dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
@@ -65,6 +68,7 @@ class QueueTaggingRunCoordinator(QueuedRunCoordinator):
                 # Raising here makes Dagster mark the run failed with this message and answer the
                 # GraphQL launch with the error; nothing has been written for it.
                 check_dataset_id(run.tags[tag], what=f"run {run.run_id}: partition ({tag})")
+        check_run_config(run.run_config, run=f"run {run.run_id}")
         if QUEUE_TAG not in run.tags:
             self._instance.add_run_tags(run.run_id, {QUEUE_TAG: queue_for_run(self._instance, run)})
         return super().submit_run(context)

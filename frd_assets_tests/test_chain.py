@@ -199,8 +199,12 @@ def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model
     env = {"FRD_LOCAL_STORE": str(tmp_path / "store"), "TEACHER_MODEL": str(tiny_model_dir)}
     store = LocalStore(env["FRD_LOCAL_STORE"])
     store.put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
-    # An earlier attempt that died after keeping 4 instructions left this checkpoint behind.
-    checkpoint = StoreCheckpoint(store, *checkpoint_location(dataset_id))
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
+    assert materialize(ASSETS[:1], partition_key=dataset_id, instance=dagster_instance,
+                       resources=build_resources(env)).success
+    seed_version = versions.current(store, *asset_location("seed_dataset", dataset_id)).version
+    # An earlier attempt on this seed version that died after keeping 4 instructions left this checkpoint.
+    checkpoint = StoreCheckpoint(store, *checkpoint_location(dataset_id), inputs={"seed_dataset": seed_version})
     earlier = GenerationConfig(**{**GENERATION, "num_instructions": 4})
     # Made with the same tasks held out as seed_dataset holds out (the default split), as the asset would.
     split = split_held_out(parse_seed(sample_seed_bytes, "s"), HeldOutConfig())
@@ -208,8 +212,7 @@ def test_a_relaunched_generation_continues_from_the_stored_checkpoint(tiny_model
              held_out=split.held_out, log=lambda _: None)
     assert len(checkpoint.load()["kept"]) == 4
 
-    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
-    result = materialize(ASSETS[:2], partition_key=dataset_id, instance=dagster_instance,
+    result = materialize(ASSETS[:2], selection=ASSETS[1:2], partition_key=dataset_id, instance=dagster_instance,
                          resources=build_resources(env),
                          run_config={"ops": {"generated_dataset": {"config": GENERATION}}})
     assert result.success

@@ -145,6 +145,9 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
     # The folder shown is the one the store's pointer names now, as the IO manager reads it.
     pointed = versions.current(store, *asset_location("validated_dataset", second))
     assert f"current {store.uri(pointed.bucket, pointed.folder)}" in validated
+    # ...and the versions it was computed from (issue 18, Must 5).
+    generated = versions.current(store, *asset_location("generated_dataset", second)).version
+    assert f"<- generated_dataset {generated}, seed_dataset " in validated
     assert "materialized never" not in next(line for line in lines if line.strip().startswith("seed_dataset"))
 
     unknown = frd("status", str(uuid.uuid4()), "--port", port, env=env)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import stat
 import tempfile
 from abc import ABC, abstractmethod
@@ -13,13 +15,17 @@ from pathlib import Path
 from typing import Iterator
 
 from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, EVALUATIONS_BUCKET, SEEDS_BUCKET
-from frd_assets.core.settings import secret, store_settings
+from frd_assets.core.settings import FRD_LOCAL_STORE, secret, store_settings
 
 BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET, EVALUATIONS_BUCKET)
 
 
 class StoreError(RuntimeError):
     """A store operation failed; the message names the bucket and key, never a credential."""
+
+
+class StoreFull(StoreError):
+    """The store's disk has no room for an object: retrying the same write cannot succeed until space is freed."""
 
 
 class ObjectNotFound(StoreError, KeyError):
@@ -122,7 +128,7 @@ class LocalStore(Store):
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         path = self._path(bucket, key)
-        self._write(path, data)
+        self._write(bucket, key, path, data)
 
     @contextmanager
     def _bucket_lock(self, bucket: str) -> Iterator[None]:
@@ -157,7 +163,7 @@ class LocalStore(Store):
             if found != etag:
                 raise PreconditionFailed(f"{self.uri(bucket, key)} changed since it was read "
                                          f"({'absent' if found is None else 'present'} now); read it again")
-            self._write(path, data)
+            self._write(bucket, key, path, data)
 
     def delete_if(self, bucket: str, key: str, *, etag: str) -> None:
         path = self._path(bucket, key)
@@ -166,7 +172,7 @@ class LocalStore(Store):
                 raise PreconditionFailed(f"{self.uri(bucket, key)} changed since it was read; read it again")
             self.delete(bucket, key)
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _write(self, bucket: str, key: str, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the target, then rename: rename is atomic within one filesystem.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -176,8 +182,14 @@ class LocalStore(Store):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                free = shutil.disk_usage(path.parent).free
+                raise StoreFull(
+                    f"no space left writing {self.uri(bucket, key)} ({len(data):,} bytes): {free:,} bytes free on "
+                    f"the disk of {self.root}; free space there or point {FRD_LOCAL_STORE} at a larger disk"
+                ) from None
             raise
 
     def get_object(self, bucket: str, key: str) -> tuple[bytes, ObjectInfo]:

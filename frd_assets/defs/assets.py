@@ -33,7 +33,7 @@ from frd_assets.core.held_out import (
     partition,
     split_held_out,
 )
-from frd_assets.core.lora.search import history_markdown, run_search, study_name_for
+from frd_assets.core.lora.search import StudyStorageError, history_markdown, run_search, study_name_for
 from frd_assets.core.names import (
     ADAPTER_EVALUATION,
     BEATS_BASE_CHECK,
@@ -47,6 +47,7 @@ from frd_assets.core.names import (
     SEED_DATASET,
     VALIDATED_DATASET,
 )
+from frd_assets.core.provenance import INPUTS, digest
 from frd_assets.core.quality.dataset_card import CARD_FILE, dataset_card
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
 from frd_assets.core.seeds import read_eval_set, read_seed
@@ -60,7 +61,7 @@ from frd_assets.defs.config import (
     SeedRunConfig,
     ValidationRunConfig,
 )
-from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRows
+from frd_assets.defs.io_managers import AdapterFolder, DatasetOutput, DatasetRows, no_retry_when_full
 from frd_assets.defs.partitions import dataset_partitions, partition_dataset_id
 from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource, TeacherResource
 
@@ -83,7 +84,7 @@ def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
 
 
 @asset(partitions_def=dataset_partitions, op_tags=CPU, group_name="frd", kinds={"python"})
-def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: StoreResource) -> Output[list[dict]]:
+def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: StoreResource) -> Output[DatasetOutput]:
     """The uploaded seed (seeds/<uuid>.jsonl or .json, the newest if both), parsed and normalised, with the
     tasks held out for adapter_evaluation marked (an uploaded <uuid>.eval.jsonl, else a seeded share)."""
     uuid = partition_dataset_id(context.partition_key, asset=SEED_DATASET)
@@ -104,8 +105,9 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
     records = split.train + split.held_out
     rows = records_to_rows(records)
     formats = sorted({r.provenance.get("format", "") for r in records})
+    inputs = {"seed_upload": info.key, "etag": info.etag}
     return Output(
-        rows,
+        DatasetOutput(rows, meta={INPUTS: inputs}),
         metadata={
             "records": len(rows),
             "held_out": len(split.held_out),
@@ -116,6 +118,7 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
             # What the seed sensor compares with the bucket: this upload, exactly, was processed.
             SEED_KEY: info.key,
             SEED_ETAG: info.etag,
+            INPUTS: MetadataValue.json(inputs),
             "sample": _sample_table(rows),
         },
     )
@@ -161,18 +164,21 @@ def generated_dataset(
     config: GenerationRunConfig,
     teacher: TeacherResource,
     store: StoreResource,
-    seed_dataset: list[dict],
-) -> Output[list[dict]]:
+    seed_dataset: DatasetRows,
+) -> Output[DatasetOutput]:
     """Self-Instruct bootstrapping from the seed with the teacher model, novelty-filtered by ROUGE-L."""
     uuid = partition_dataset_id(context.partition_key, asset=GENERATED_DATASET)
     # An explicit torch thread count (FRD_TORCH_THREADS, default all cores): see core/threads.py.
     apply_thread_budget()
     gen_config = config.core()
     model = teacher.build()
-    checkpoint = StoreCheckpoint(store.get_store(), *checkpoint_location(uuid))
+    inputs = {SEED_DATASET: seed_dataset.version.version}
+    # The checkpoint is only continued by a run that reads the same seed version (core/generation/checkpoint).
+    checkpoint = StoreCheckpoint(store.get_store(), *checkpoint_location(uuid), inputs=inputs)
     # Held-out tasks are never shown to the teacher; they only join the novelty pool.
     seeds, held_out = partition(rows_to_records(seed_dataset))
-    result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out, log=context.log.info)
+    with no_retry_when_full():  # the checkpoint is written to the store after each round
+        result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out, log=context.log.info)
     if not result.records:
         raise Failure(
             f"generation for dataset {uuid} kept no records after {result.rounds} rounds "
@@ -182,8 +188,9 @@ def generated_dataset(
     # Done: the next materialization of this partition starts afresh rather than returning this set again.
     checkpoint.clear()
     return Output(
-        rows,
+        DatasetOutput(rows, meta={INPUTS: inputs}),
         metadata={
+            INPUTS: MetadataValue.json(inputs),
             "records": len(rows),
             "target": gen_config.num_instructions,
             "kept_instructions": result.kept_instructions,
@@ -226,7 +233,7 @@ def validated_dataset(
     store: StoreResource,
     teacher: TeacherResource,
     judge: JudgeResource,
-    seed_dataset: list[dict],
+    seed_dataset: DatasetRows,
     generated_dataset: DatasetRows,
 ):
     """The gate: per-record checks, decontamination against the held-out tasks, MinHash near-duplicates,
@@ -242,15 +249,18 @@ def validated_dataset(
     summary = report.to_dict()
     card = dataset_card(report, dataset_id=uuid, seed_name=_seed_source(context, uuid), teacher_name=teacher.model)
     ready = report.verdict == READY
+    inputs = {GENERATED_DATASET: generated_dataset.version.version, SEED_DATASET: seed_dataset.version.version}
     gates = {g.name: MetadataValue.float(float(g.value)) for g in report.gates}
     # Dagster stores this output before the generator resumes, so the deletion below follows the verdict.
     yield Output(
         DatasetOutput(
             report.valid_rows if ready else [],
             files={REPORT_FILE: report.to_json().encode(), CARD_FILE: card.encode()},
-            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"]},
+            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"],
+                  INPUTS: inputs},
         ),
         metadata={
+            INPUTS: MetadataValue.json(inputs),
             "verdict": report.verdict,
             "records": report.records,
             "valid_records": report.valid_records,
@@ -321,24 +331,30 @@ def lora_adapter(
     # it instead of starting over; new data starts a new study. Its trials run in n_workers
     # processes of this run's thread budget, or in Kubernetes pods when FRD_K8S_TRIAL_WORKERS says so.
     search_settings = config.settings(default_workers=lora.n_workers)
-    result = run_search(
-        rows_to_records(validated_dataset),
-        base_model=base_model,
-        n_trials=config.n_trials or lora.n_trials,
-        storage_url=lora.storage_url(),
-        study_name=study,
-        work_dir=work_dir,
-        out_dir=work_dir / "best",
-        training=training,
-        space=space,
-        settings=search_settings,
-        workers=lora.trial_workers(),
-        print_fn=context.log.info,
-    )
+    try:
+        result = run_search(
+            rows_to_records(validated_dataset),
+            base_model=base_model,
+            n_trials=config.n_trials or lora.n_trials,
+            storage_url=lora.storage_url(),
+            study_name=study,
+            work_dir=work_dir,
+            out_dir=work_dir / "best",
+            training=training,
+            space=space,
+            settings=search_settings,
+            workers=lora.trial_workers(),
+            print_fn=context.log.info,
+        )
+    except StudyStorageError as exc:
+        # A retry meets the same lost database; the message says what to fix, and a new launch resumes.
+        raise Failure(str(exc), allow_retries=False) from None
     improvement = result.base_eval_loss - result.best_eval_loss
+    inputs = {VALIDATED_DATASET: validated_dataset.version.version, "base_model": base_model}
     yield Output(
-        AdapterFolder(result.adapter_dir, meta={"base_model": base_model, "study": study}),
+        AdapterFolder(result.adapter_dir, meta={"base_model": base_model, "study": study, INPUTS: inputs}),
         metadata={
+            INPUTS: MetadataValue.json(inputs),
             "base_model": base_model,
             "study": study,
             "best_params": MetadataValue.json(result.best_params),
@@ -381,7 +397,7 @@ def adapter_evaluation(
     judge: JudgeResource,
     lora: LoraResource,
     store: StoreResource,
-    seed_dataset: list[dict],
+    seed_dataset: DatasetRows,
     lora_adapter: AdapterFolder,
 ):
     """The adapter against its base model on the held-out seed tasks the teacher never saw: greedy answers
@@ -411,14 +427,19 @@ def adapter_evaluation(
     )
     figures = report.to_dict()
     judged = figures["judge"]
+    # The tasks by content as well as by the seed version that holds them: an uploaded evaluation set
+    # replaced under the same seed version would otherwise look the same.
+    inputs = {LORA_ADAPTER: adapter_version.version if adapter_version else "-", "base_model": base_model,
+              SEED_DATASET: seed_dataset.version.version, "tasks": digest(records_to_rows(held_out))}
     yield Output(
         DatasetOutput(
             report.answers,
             files={"report.json": json.dumps(figures, indent=2, sort_keys=True).encode()},
             meta={"adapter_version": adapter_version.version if adapter_version else None,
-                  "adapter_beats_base": report.adapter_beats_base},
+                  "adapter_beats_base": report.adapter_beats_base, INPUTS: inputs},
         ),
         metadata={
+            INPUTS: MetadataValue.json(inputs),
             "n": report.n,
             "base_model": base_model,
             "judge": judged["model"] if judged else "none: reference metrics only",
@@ -437,7 +458,8 @@ def adapter_evaluation(
             "samples": MetadataValue.md(report.samples_markdown(10)),
         },
     )
-    _card_with_evaluation(s, uuid, lora_adapter, report, context.log.info)
+    with no_retry_when_full():
+        _card_with_evaluation(s, uuid, lora_adapter, report, context.log.info)
     yield AssetCheckResult(
         check_name=BEATS_BASE_ON_HELD_OUT_CHECK,
         passed=report.adapter_beats_base,

@@ -4,15 +4,18 @@ The defaults are read from the core dataclasses, and a model validator builds th
 bad value is refused with core's message (config, field, value, allowed range) as soon as Dagster builds
 the config, before an asset body runs. The assets take the checked dataclass from `core()` (and, for the
 LoRA search, `training()`, `space()` and `settings()`).
+
+`check_run_config` applies the same classes to a whole run config when the run is submitted (the run
+coordinator calls it), so a value core refuses never queues, and refuses any `resources` section.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from dagster import Config
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 
 from frd_assets.core.config_checks import OneOf, check_value
 from frd_assets.core.evaluation import EvaluationConfig
@@ -20,6 +23,13 @@ from frd_assets.core.generation.self_instruct import GenerationConfig
 from frd_assets.core.held_out import HeldOutConfig
 from frd_assets.core.lora.search import N_TRIALS, SearchSettings, SearchSpace
 from frd_assets.core.lora.trial import TrainingConfig
+from frd_assets.core.names import (
+    ADAPTER_EVALUATION,
+    GENERATED_DATASET,
+    LORA_ADAPTER,
+    SEED_DATASET,
+    VALIDATED_DATASET,
+)
 from frd_assets.core.validation import ValidationConfig
 
 _HELD_OUT = HeldOutConfig()
@@ -193,3 +203,46 @@ class EvaluationRunConfig(Config):
 
     def core(self) -> EvaluationConfig:
         return EvaluationConfig(**self.model_dump(exclude={"base_model", "check_severity"}))
+
+
+# The run config class of each asset (its `config` parameter; test_coordinator holds the two equal).
+RUN_CONFIGS: dict[str, type[Config]] = {
+    SEED_DATASET: SeedRunConfig,
+    GENERATED_DATASET: GenerationRunConfig,
+    VALIDATED_DATASET: ValidationRunConfig,
+    LORA_ADAPTER: LoraRunConfig,
+    ADAPTER_EVALUATION: EvaluationRunConfig,
+}
+
+
+class RunConfigRefused(ValueError):
+    """A run config that must not run: it sets resources, or a value core refuses; the message says which."""
+
+
+def check_run_config(run_config: Mapping[str, Any], *, run: str = "run") -> None:
+    """Refuses a run config that sets any resource, or whose config for an asset core would refuse.
+
+    Resources are the deployment's settings (store, teacher endpoint and key, judge, study storage, read
+    from the code location's environment): a run config that set them could point a worker at any folder
+    or endpoint it can reach, and an override of one field silently resets the resource's others. Each
+    asset's config is checked by building the very class the asset builds, so every check core has, now
+    or later, holds at submission and not hours later when the step starts."""
+    resources = run_config.get("resources")
+    if resources:
+        raise RunConfigRefused(
+            f"{run}: run config sets resources.{sorted(resources)[0]}; resources (store, teacher, judge, study "
+            "storage) are the deployment's settings, not run config: remove the 'resources' section and set "
+            "them in the code location's environment"
+        )
+    for op, body in (run_config.get("ops") or {}).items():
+        cls = RUN_CONFIGS.get(op)
+        if cls is None or not isinstance(body, Mapping):
+            continue
+        try:
+            cls(**(body.get("config") or {}))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            cause = (error.get("ctx") or {}).get("error")
+            where = ".".join(str(part) for part in error.get("loc", ()))
+            detail = str(cause) if cause is not None else f"{where}: {error['msg']}" if where else error["msg"]
+            raise RunConfigRefused(f"{run}: ops.{op}.config refused: {detail}") from None

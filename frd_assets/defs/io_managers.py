@@ -7,6 +7,7 @@ of files; nothing is pickled. A reader gets exactly the version the pointer name
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ from frd_assets.core import versions
 from frd_assets.core.datasets import InvalidDatasetId, asset_location, data_file_name
 from frd_assets.core.names import LORA_ADAPTER
 from frd_assets.core.records import dumps_jsonl, loads_jsonl
-from frd_assets.core.store import Store
+from frd_assets.core.store import Store, StoreFull
 from frd_assets.defs.resources import StoreResource
 
 
@@ -60,6 +61,10 @@ class StoreIOManager(ConfigurableIOManager):
             raise Failure(f"asset {asset_name}: partition {exc}", allow_retries=False) from None
 
     def handle_output(self, context: OutputContext, obj) -> None:
+        with no_retry_when_full():
+            self._write(context, obj)
+
+    def _write(self, context: OutputContext, obj) -> None:
         name = context.asset_key.path[-1]
         bucket, prefix = self.location(name, context.asset_partition_key)
         store = self.store.get_store()
@@ -99,6 +104,16 @@ def _publish(store: Store, bucket: str, prefix: str, files, meta, context: Outpu
     except versions.StaleVersion as exc:
         # Overtaken by a newer version of the same partition: a retry would only redo the work and then put
         # this older data over the newer (its new version id would sort later), so the step fails, once.
+        raise Failure(str(exc), allow_retries=False) from None
+
+
+@contextmanager
+def no_retry_when_full():
+    """A full store disk fails the step at once, in one line: the assets' retry policies would otherwise
+    redo the whole step (a teacher round, a search) only to hit the same full disk."""
+    try:
+        yield
+    except StoreFull as exc:
         raise Failure(str(exc), allow_retries=False) from None
 
 

@@ -82,7 +82,8 @@ _GENERATION_RULES = {
     "num_instructions": Integer(1, 1_000_000),
     "seed_tasks_per_prompt": Integer(1, 100),
     "generated_per_prompt": Integer(0, 100),
-    "prompts_per_round": Integer(1, 10_000),  # each round's prompts are built and held in memory at once
+    # Each round's prompts are built and held at once: 1e9 would exhaust memory before the first reply.
+    "prompts_per_round": Integer(1, 10_000),
     "max_rounds": Integer(1, 100_000),
     "novelty_threshold": Number(0, 1, low_open=True),
     "embedding_dedup_threshold": Number(0, 1, low_open=True, optional=True),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order, check_value
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
-from frd_assets.core.lora.study_storage import engine_kwargs
+from frd_assets.core.lora.study_storage import engine_kwargs, hide_password, redacted
 from frd_assets.core.lora.trial import LORA_ALPHA, RANK, LoraHyperparams, TrainingConfig, evaluate_loss
 from frd_assets.core.records import Record
 
@@ -180,7 +180,35 @@ def _use_wal(url: str) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
-def run_search(
+class StudyStorageError(RuntimeError):
+    """The study's database failed during a search (dropped, unreachable, out of space): one line naming
+    the storage, without its password, and the study."""
+
+
+def run_search(records: Sequence[Record], *, storage_url: str, study_name: str, **kwargs) -> SearchResult:
+    """Runs (or continues) the study until it holds n_trials finished trials: see _search for the arguments.
+
+    A study database lost mid-search surfaces from Optuna, SQLAlchemy and every trial worker as a stack
+    of tracebacks whose last line says nothing of which database or study; this turns it into one line
+    that does (StudyStorageError)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _search(records, storage_url=storage_url, study_name=study_name, **kwargs)
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        root = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+        reason = hide_password(lines[0] if lines else type(root).__name__, storage_url)
+        raise StudyStorageError(
+            f"study {study_name}: its storage {redacted(storage_url)} failed mid-search ({reason}); check that the "
+            "database exists and is reachable, then launch again: the study resumes from the trials it stored"
+        ) from None
+
+
+def _search(
     records: Sequence[Record],
     *,
     base_model: str,
