@@ -6,9 +6,12 @@ Each detector runs in a fresh interpreter so its import time and memory are its 
 `import` the package and build the detector), the first detection (lingua loads each language's models
 lazily, on first use), the mean time per instruction after that, and the process's peak resident memory.
 Accuracy is over benchmarks/short_instructions.py (eight languages, 20 each), overall, per language and on
-the instructions of at most SHORT_CHARS characters. "false drops" counts the instructions the gate's rule
-would drop as off-language although they are in the expected language: a wrong guess above the
-confidence the rule requires.
+the instructions of at most SHORT_CHARS characters. The gate's off-language rule (core/language.py) drops
+an instruction when the detector gives the expected language less than OFF_LANGUAGE_BELOW: "false drops"
+counts instructions it would drop although they are in the expected language, "caught" the share of
+(instruction, other benchmark language) pairs it would drop, as if the instruction had come back in a
+seed of that other language. py3langid is measured through core/language.py, as the gate uses it
+(varieties such as Wu Chinese folded into their language).
 
 Run: .venv/bin/python -m benchmarks.language_id
 """
@@ -26,8 +29,6 @@ from benchmarks.short_instructions import SHORT_INSTRUCTIONS
 
 SHORT_CHARS = 30  # "short": the 3-6 word instructions, and the Chinese ones of up to about 15 characters
 DETECTORS = ("lingua", "lingua-low-accuracy", "py3langid")
-# A guess counts towards a drop only at this confidence or more (the gate's rule, core/language.py).
-MIN_CONFIDENCE = 0.5
 
 
 def _peak_rss_mb() -> float:
@@ -35,7 +36,8 @@ def _peak_rss_mb() -> float:
 
 
 def _build(name: str):
-    """(detect(text) -> (iso code, confidence), version) for one detector, imported here so the timing is its own."""
+    """(probabilities(text) -> {iso code: probability}, version) for one detector, imported here so the
+    timing is its own."""
     if name.startswith("lingua"):
         from importlib.metadata import version
 
@@ -46,20 +48,16 @@ def _build(name: str):
             builder = builder.with_low_accuracy_mode()
         detector = builder.build()
 
-        def detect(text: str) -> tuple[str, float]:
-            values = detector.compute_language_confidence_values(text)
-            if not values or values[0].value == 0:
-                return "und", 0.0
-            return values[0].language.iso_code_639_1.name.lower(), values[0].value
+        def probabilities(text: str) -> dict[str, float]:
+            return {v.language.iso_code_639_1.name.lower(): v.value
+                    for v in detector.compute_language_confidence_values(text)}
 
-        return detect, version("lingua-language-detector")
+        return probabilities, version("lingua-language-detector")
     if name == "py3langid":
-        from importlib.metadata import version
+        from frd_assets.core.language import detector_name, probabilities
 
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return identifier.classify, version("py3langid")
+        probabilities("")  # loads the model, as the first detection would
+        return probabilities, detector_name().split()[-1]
     raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
 
 
@@ -73,9 +71,9 @@ def measure(name: str) -> dict:
     t0 = time.perf_counter()
     first = detect(texts[0][1])
     first_s = time.perf_counter() - t0
-    guesses = [first]
+    found = [first]
     t0 = time.perf_counter()
-    guesses += [detect(text) for _, text in texts[1:]]
+    found += [detect(text) for _, text in texts[1:]]
     per_text_ms = (time.perf_counter() - t0) / max(len(texts) - 1, 1) * 1000
     # Every language's models are loaded by now: a second pass times detection alone.
     t0 = time.perf_counter()
@@ -85,7 +83,9 @@ def measure(name: str) -> dict:
     return {"detector": name, "version": version, "import_s": import_s, "first_detect_s": first_s,
             "first_pass_ms_per_text": per_text_ms, "ms_per_text": warm_ms,
             "peak_rss_mb": _peak_rss_mb(), "python_rss_mb": rss_before,
-            "guesses": [[code, round(conf, 4)] for code, conf in guesses]}
+            # Each instruction's probability for each benchmark language: enough to score guesses and the rule.
+            "probabilities": [{lang: round(p.get(lang, 0.0), 5) for lang in SHORT_INSTRUCTIONS} | {
+                "_best": max(p.items(), key=lambda kv: kv[1], default=("und", 0.0))} for p in found]}
 
 
 def _in_fresh_process(name: str) -> dict:
@@ -97,18 +97,27 @@ def _in_fresh_process(name: str) -> dict:
 
 
 def score(figures: dict) -> dict:
-    """Accuracy overall, per language and on short instructions, and the rule's false drops."""
+    """Accuracy overall, per language and on short instructions, and the off-language rule's false drops
+    and catches."""
+    from frd_assets.core.language import OFF_LANGUAGE_BELOW
+
     texts = [(lang, text) for lang, items in SHORT_INSTRUCTIONS.items() for text in items]
-    right = [code == lang for (lang, _), (code, _) in zip(texts, figures["guesses"], strict=True)]
-    false_drops = sum(code != lang and conf >= MIN_CONFIDENCE
-                      for (lang, _), (code, conf) in zip(texts, figures["guesses"], strict=True))
+    probs = figures["probabilities"]
+    guesses = [p["_best"] for p in probs]
+    right = [code == lang for (lang, _), (code, _) in zip(texts, guesses, strict=True)]
+    false_drops = sum(p[lang] < OFF_LANGUAGE_BELOW for (lang, _), p in zip(texts, probs, strict=True))
+    pairs = [p[other] < OFF_LANGUAGE_BELOW for (lang, _), p in zip(texts, probs, strict=True)
+             for other in SHORT_INSTRUCTIONS if other != lang]
     short = [ok for (_, text), ok in zip(texts, right, strict=True) if len(text) <= SHORT_CHARS]
     per_language = {lang: sum(ok for (lg, _), ok in zip(texts, right, strict=True) if lg == lang) / len(items)
                     for lang, items in SHORT_INSTRUCTIONS.items()}
-    wrong = [f"{lang}->{code} ({conf:.2f}): {text}" for (lang, text), (code, conf), ok
-             in zip(texts, figures["guesses"], right, strict=True) if not ok]
+    wrong = [f"{lang}->{code} ({conf:.2f}; {lang} {p[lang]:.3f}): {text}" for (lang, text), (code, conf), p, ok
+             in zip(texts, guesses, probs, right, strict=True) if not ok]
     return {"accuracy": sum(right) / len(right), "short_accuracy": sum(short) / len(short),
-            "short_n": len(short), "per_language": per_language, "false_drops": false_drops, "wrong": wrong}
+            "short_n": len(short), "per_language": per_language, "false_drops": false_drops,
+            "caught": sum(pairs) / len(pairs),
+            "min_own": min(p[lang] for (lang, _), p in zip(texts, probs, strict=True)),
+            "wrong": wrong}
 
 
 def main() -> None:
@@ -119,30 +128,35 @@ def main() -> None:
         print(json.dumps(measure(args.worker)))
         return
     n = sum(len(v) for v in SHORT_INSTRUCTIONS.values())
+    from frd_assets.core.language import OFF_LANGUAGE_BELOW
+
     print(f"{n} instructions in {len(SHORT_INSTRUCTIONS)} languages ({', '.join(SHORT_INSTRUCTIONS)}); "
-          f"short: at most {SHORT_CHARS} characters; a drop needs confidence >= {MIN_CONFIDENCE}")
+          f"short: at most {SHORT_CHARS} characters; off-language: expected language below {OFF_LANGUAGE_BELOW}")
     results = {}
     for name in DETECTORS:
         figures = _in_fresh_process(name)
         results[name] = {**figures, **score(figures)}
     langs = list(SHORT_INSTRUCTIONS)
     print(f"\n{'detector':22} {'all':>6} {'short':>6} " + " ".join(f"{lg:>5}" for lg in langs)
-          + f" {'false drops':>11} {'import s':>9} {'1st s':>6} {'ms/text':>8} {'peak MB':>8}")
+          + f" {'false drops':>11} {'caught':>6} {'min own':>7} {'import s':>9} {'1st s':>6} {'ms/text':>8} "
+          f"{'peak MB':>8}")
     for name, r in results.items():
         print(f"{name + ' ' + r['version']:22} {r['accuracy']:6.3f} {r['short_accuracy']:6.3f} "
               + " ".join(f"{r['per_language'][lg]:5.2f}" for lg in langs)
-              + f" {r['false_drops']:11d} {r['import_s']:9.3f} {r['first_detect_s']:6.2f} {r['ms_per_text']:8.3f} "
+              + f" {r['false_drops']:11d} {r['caught']:6.3f} {r['min_own']:7.3f} {r['import_s']:9.3f} "
+              f"{r['first_detect_s']:6.2f} {r['ms_per_text']:8.3f} "
               f"{r['peak_rss_mb']:8.0f}")
     for name, r in results.items():
         print(f"\n{name} wrong ({len(r['wrong'])}):")
         for line in r["wrong"]:
             print(f"  {line}")
     summary = {"benchmark": "language_id", "instructions": n, "short_chars": SHORT_CHARS,
-               "min_confidence": MIN_CONFIDENCE}
+               "off_language_below": OFF_LANGUAGE_BELOW}
     for name, r in results.items():
         key = name.replace("-", "_")
         summary |= {f"{key}_accuracy": round(r["accuracy"], 4), f"{key}_short_accuracy": round(r["short_accuracy"], 4),
-                    f"{key}_false_drops": r["false_drops"], f"{key}_import_s": round(r["import_s"], 4),
+                    f"{key}_false_drops": r["false_drops"], f"{key}_caught": round(r["caught"], 4),
+                    f"{key}_min_own": round(r["min_own"], 4), f"{key}_import_s": round(r["import_s"], 4),
                     f"{key}_first_detect_s": round(r["first_detect_s"], 3),
                     f"{key}_ms_per_text": round(r["ms_per_text"], 4), f"{key}_peak_rss_mb": round(r["peak_rss_mb"], 1)}
         summary |= {f"{key}_{lg}": round(v, 3) for lg, v in r["per_language"].items()}

@@ -2,11 +2,12 @@
 
 Detection is py3langid's naive Bayes model over byte n-grams (a maintained fork of langid.py; the model
 ships inside its wheel, so it works offline). benchmarks/language_id.py measured it against
-lingua-language-detector on 160 short instructions in eight languages: lingua was 98.1% right (95.6% on
-the shortest), py3langid 96.9% (91.1%), and both had the same hard cases (a three-word Russian line taken
-for Bulgarian, a Ukrainian one for Russian); but lingua held 1.15 GB once every script's models were
-loaded, against py3langid's 138 MB, and took 0.98 ms per instruction against 0.12 ms. The gate checks
-every generated record, so the small, fast model with a conservative drop rule (below) was the choice.
+lingua-language-detector on 160 short instructions in eight languages (en, ru, uk, zh, fr, ar, de, es):
+lingua was right on 98.1% (95.6% of those up to 30 characters), py3langid on 97.5% (93.3%), with the
+same hard cases (a four-word Russian line taken for Bulgarian, a Ukrainian one for Russian); but lingua
+held 1.15 GB once the models of every script were loaded, against py3langid's 139 MB, and was about four
+times slower per instruction. The gate checks every generated record, so the small, fast model with a
+conservative drop rule (below) was the choice.
 
 A seed's language is its majority over the instructions, one vote each; a seed whose majority is under
 MIXED_BELOW is called mixed, keeps its majority and says so. A record is off-language only when the
@@ -23,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from frd_assets.core.config_checks import LanguageCode
 
@@ -146,9 +147,21 @@ class SeedLanguage:
         return f"{self.name} ({self.code}): {self.share:.0%} of {total} instructions"
 
     def metadata(self) -> dict[str, object]:
-        """What seed_dataset stores, and what a run reads back: language, language_share, language_detector."""
+        """What seed_dataset stores and from_metadata reads back (language, language_share,
+        language_detector, ...), and what a report shows."""
         return {"language": self.code, "language_name": self.name, "language_share": round(self.share, 4),
-                "language_detector": self.detector, "language_note": self.note}
+                "language_detector": self.detector, "language_counts": dict(self.counts),
+                "language_note": self.note}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> "SeedLanguage | None":
+        """The language metadata() stored; None when there is none (a seed materialized before languages
+        were detected, or one with no letters)."""
+        if not meta.get("language"):
+            return None
+        code = str(meta["language"])
+        return cls(code, LANGUAGE_NAMES.get(code, code), float(meta.get("language_share", 1.0)),
+                   str(meta.get("language_detector", "")), dict(meta.get("language_counts") or {}))
 
 
 OVERRIDE = "run config"
@@ -169,9 +182,9 @@ def detect_seed_language(instructions: Sequence[str]) -> SeedLanguage:
     return SeedLanguage(code, LANGUAGE_NAMES.get(code, code), n / sum(counts.values()), detector_name(), counts)
 
 
-def seed_language(instructions: Sequence[str], code: str = "", *, source: str = OVERRIDE) -> SeedLanguage:
-    """The run's language: `code` (ISO 639-1) when set, known from `source` (the run config, or the seed's
-    stored metadata), else the seed's majority language, detected now."""
+def seed_language(instructions: Sequence[str], code: str = "", *, stored: SeedLanguage | None = None) -> SeedLanguage:
+    """The run's language: `code` (ISO 639-1, a run config's override) when set; else `stored`, the seed's
+    language as seed_dataset detected it; else the majority language of the instructions, detected now."""
     if code:
-        return SeedLanguage(code, language_name(code), 1.0, source, {})
-    return detect_seed_language(instructions)
+        return SeedLanguage(code, language_name(code), 1.0, OVERRIDE, {})
+    return stored or detect_seed_language(instructions)
