@@ -107,6 +107,7 @@ def cmd_generate(args) -> int:
             checkpoint_every=args.checkpoint_every,
             temperature=args.temperature,
             seed=args.seed_value,
+            language=args.language,
         )
     except (ValueError, OSError) as exc:  # SeedFormatError and ConfigError are ValueErrors
         return bad_input(exc)
@@ -562,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint-every", type=int, default=5)
     gen.add_argument("--temperature", type=float, default=0.7)
     gen.add_argument("--seed-value", type=int, default=0, help="random seed")
+    gen.add_argument("--language", default="",
+                     help="ISO 639-1 code the teacher writes in, e.g. ru (default: the seed's majority language)")
     gen.add_argument("--teacher-model", help="model name or folder (default TEACHER_MODEL or the default model)")
     gen.add_argument("--teacher-url", help="OpenAI-compatible base URL; selects the HTTP teacher")
     gen.add_argument("--checkpoint", help="checkpoint file (default OUT.checkpoint.json)")

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-# {language} is the seed's language by its English name (core/language.py), so the teacher is told in
-# words which language to write; the examples alone let a teacher drift into English.
+# {language} is the seed's language by its English name (core/language.py): the teacher is told in words
+# which language to write, not left to infer it from the examples.
 INSTRUCTION_PROMPT_HEADER = (
     "You are asked to come up with a set of diverse task instructions. "
     "Vary the verbs and the kinds of task (open questions, classification, rewriting, brainstorming, "
@@ -26,26 +26,25 @@ INSTANCE_PROMPT = (
     "Write one example for the task below.\n"
     "If the task needs an input (a text, a list, a question to work on), write it after 'Input:'; "
     "otherwise write 'Input: <noinput>'. Then write a correct, complete answer after 'Output:'. "
-    "Write the input and the answer in {language}; keep the words 'Input:' and 'Output:' as they are.\n\n"
+    "Write both in {language}.\n\n"
     "Task: {instruction}"
 )
 
 CLASSIFICATION_INSTANCE_PROMPT = (
     "Write one example for the classification task below. First write the class label after 'Output:', "
-    "then an input that belongs to that class after 'Input:'. Write the label and the input in {language}; "
-    "keep the words 'Output:' and 'Input:' as they are.\n\nTask: {instruction}"
+    "then an input that belongs to that class after 'Input:'. Write both in {language}.\n\nTask: {instruction}"
 )
 
 INSTANCE_JSON_PROMPT = (
     "Write one example for the task below as a JSON object with two string fields: \"input\", the text, "
     "list or question the task works on (\"\" if the task needs no input), and \"output\", a correct, "
-    "complete answer for that input. Write both fields' text in {language}.\n\nTask: {instruction}"
+    "complete answer for that input. Write both in {language}.\n\nTask: {instruction}"
 )
 
 CLASSIFICATION_INSTANCE_JSON_PROMPT = (
     "Write one example for the classification task below as a JSON object with two string fields: first "
-    "\"output\", a class label, then \"input\", an input that belongs to that class. Write both fields' "
-    "text in {language}.\n\nTask: {instruction}"
+    "\"output\", a class label, then \"input\", an input that belongs to that class. Write both in "
+    "{language}.\n\nTask: {instruction}"
 )
 
 # The language a prompt asks for when its caller names none: the seed sample's, and most teachers' first.
