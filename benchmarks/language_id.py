@@ -13,7 +13,7 @@ counts instructions it would drop although they are in the expected language, "c
 seed of that other language. py3langid is measured through core/language.py, as the gate uses it
 (varieties such as Wu Chinese folded into their language).
 
-Run: .venv/bin/python -m benchmarks.language_id
+Run: .venv/bin/python -m benchmarks.language_id [--detectors py3langid,lingua,lingua-low-accuracy]
 """
 
 from __future__ import annotations
@@ -123,7 +123,13 @@ def score(figures: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=DETECTORS, help="measure one detector in this process (internal)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS),
+                        help=f"comma-separated, from {', '.join(DETECTORS)} (default: all)")
     args = parser.parse_args()
+    names = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    unknown = sorted(set(names) - set(DETECTORS))
+    if unknown or not names:
+        parser.error(f"--detectors: unknown {unknown}; choose from {', '.join(DETECTORS)}")
     if args.worker:
         print(json.dumps(measure(args.worker)))
         return
@@ -133,7 +139,7 @@ def main() -> None:
     print(f"{n} instructions in {len(SHORT_INSTRUCTIONS)} languages ({', '.join(SHORT_INSTRUCTIONS)}); "
           f"short: at most {SHORT_CHARS} characters; off-language: expected language below {OFF_LANGUAGE_BELOW}")
     results = {}
-    for name in DETECTORS:
+    for name in names:
         figures = _in_fresh_process(name)
         results[name] = {**figures, **score(figures)}
     langs = list(SHORT_INSTRUCTIONS)
