@@ -6,9 +6,10 @@ Each detector runs in a fresh interpreter so its import time and memory are its 
 `import` the package and build the detector), the first detection (lingua loads each language's models
 lazily, on first use), the mean time per instruction after that, and the process's peak resident memory.
 Accuracy is over benchmarks/short_instructions.py (eight languages, 20 each), overall, per language and on
-the instructions of at most SHORT_CHARS characters. The gate's off-language rule (core/language.py) drops
-an instruction when the detector gives the expected language less than OFF_LANGUAGE_BELOW: "false drops"
-counts instructions it would drop although they are in the expected language, "caught" the share of
+the instructions of at most SHORT_CHARS characters. The gate's off-language rule (core/language.py,
+off_language_call) drops an instruction when the detector gives the expected language less than
+OFF_LANGUAGE_BELOW and another at least OTHER_AT_LEAST: "false drops" counts instructions it would drop
+although they are in the expected language, "caught" the share of
 (instruction, other benchmark language) pairs it would drop, as if the instruction had come back in a
 seed of that other language. py3langid is measured through core/language.py, as the gate uses it
 (varieties such as Wu Chinese folded into their language).
@@ -99,14 +100,14 @@ def _in_fresh_process(name: str) -> dict:
 def score(figures: dict) -> dict:
     """Accuracy overall, per language and on short instructions, and the off-language rule's false drops
     and catches."""
-    from frd_assets.core.language import OFF_LANGUAGE_BELOW
+    from frd_assets.core.language import off_language_call
 
     texts = [(lang, text) for lang, items in SHORT_INSTRUCTIONS.items() for text in items]
     probs = figures["probabilities"]
     guesses = [p["_best"] for p in probs]
     right = [code == lang for (lang, _), (code, _) in zip(texts, guesses, strict=True)]
-    false_drops = sum(p[lang] < OFF_LANGUAGE_BELOW for (lang, _), p in zip(texts, probs, strict=True))
-    pairs = [p[other] < OFF_LANGUAGE_BELOW for (lang, _), p in zip(texts, probs, strict=True)
+    false_drops = sum(off_language_call(p[lang], p["_best"][1]) for (lang, _), p in zip(texts, probs, strict=True))
+    pairs = [off_language_call(p[other], p["_best"][1]) for (lang, _), p in zip(texts, probs, strict=True)
              for other in SHORT_INSTRUCTIONS if other != lang]
     short = [ok for (_, text), ok in zip(texts, right, strict=True) if len(text) <= SHORT_CHARS]
     per_language = {lang: sum(ok for (lg, _), ok in zip(texts, right, strict=True) if lg == lang) / len(items)
@@ -134,10 +135,11 @@ def main() -> None:
         print(json.dumps(measure(args.worker)))
         return
     n = sum(len(v) for v in SHORT_INSTRUCTIONS.values())
-    from frd_assets.core.language import OFF_LANGUAGE_BELOW
+    from frd_assets.core.language import OFF_LANGUAGE_BELOW, OTHER_AT_LEAST
 
     print(f"{n} instructions in {len(SHORT_INSTRUCTIONS)} languages ({', '.join(SHORT_INSTRUCTIONS)}); "
-          f"short: at most {SHORT_CHARS} characters; off-language: expected language below {OFF_LANGUAGE_BELOW}")
+          f"short: at most {SHORT_CHARS} characters; off-language: expected language below {OFF_LANGUAGE_BELOW} "
+          f"and another at least {OTHER_AT_LEAST}")
     results = {}
     for name in names:
         figures = _in_fresh_process(name)
@@ -157,7 +159,7 @@ def main() -> None:
         for line in r["wrong"]:
             print(f"  {line}")
     summary = {"benchmark": "language_id", "instructions": n, "short_chars": SHORT_CHARS,
-               "off_language_below": OFF_LANGUAGE_BELOW}
+               "off_language_below": OFF_LANGUAGE_BELOW, "other_at_least": OTHER_AT_LEAST}
     for name, r in results.items():
         key = name.replace("-", "_")
         summary |= {f"{key}_accuracy": round(r["accuracy"], 4), f"{key}_short_accuracy": round(r["short_accuracy"], 4),

@@ -174,6 +174,10 @@ def _fingerprint(seed_instructions: Sequence[str], teacher_name: str, config: Ge
     # format, including one made before instance_format existed.
     settings = {k: v for k, v in asdict(config).items() if k not in ("num_instructions", "max_rounds",
                                                                      "checkpoint_every", "instance_format")}
+    # An unset language is the seed's, which the seed (in the fingerprint) decides; leaving it out keeps a
+    # checkpoint made before the field existed continuable. A set language changes every prompt: it counts.
+    if not settings["language"]:
+        del settings["language"]
     parts = [sorted(seed_instructions), teacher_name, settings]
     if held_out:  # a checkpoint made with other tasks held out was made with other examples
         parts.append(sorted(held_out))
