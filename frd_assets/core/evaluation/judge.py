@@ -8,7 +8,8 @@ stated verdict line is unparsable: it counts as a tie and is counted, never gues
 
 The judge is any Teacher (an OpenAI-compatible endpoint or a local transformers model), at temperature 0.
 The prompt names the tasks' language (the seed's, or the tasks' majority language), since the judge's own
-instructions are in English: an answer in another language than the task's does not follow it.
+instructions are English whatever the task's: an answer in another language than the task's does not
+follow it.
 """
 
 from __future__ import annotations
