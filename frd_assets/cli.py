@@ -142,6 +142,9 @@ def format_report(report, source: str) -> str:
     ]
     for reason, count in sorted(report.invalid_records.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {reason}: {count}")
+    lang = report.language
+    lines.append(f"language: {lang['language_note']}; {lang['off_language']} of {lang['checked']} records off it"
+                 if lang else "language: not determined (give --seed, or --config '{\"language\": \"ru\"}')")
     lines.append("gates:")
     for g in report.gates:
         lines.append(f"  {'pass' if g.passed else 'FAIL'}  {g.name} = {g.value:.4g} (threshold {g.threshold:g})")
