@@ -20,7 +20,7 @@ import pytest
 
 from frd_assets.core.generation.openai_teacher import OpenAICompatibleTeacher
 from frd_assets.core.generation.self_instruct import GenerationConfig, generate
-from frd_assets.core.language import detect, language_name
+from frd_assets.core.language import detect_seed_language, is_off_language, language_name
 from frd_assets.core.records import parse_seed, records_to_rows
 from frd_assets.core.validation import OFF_LANGUAGE, ValidationConfig, validate
 from frd_assets_tests.test_language import RUSSIAN_SEED, russian_seed_rows
@@ -114,7 +114,10 @@ def test_generation_through_a_russian_endpoint_keeps_russian_tasks_and_rejects_n
     # Russian tasks are kept, with Russian instances.
     kept = [r.instruction for r in result.records]
     assert len(kept) == 6 and set(kept) <= set(NEW_TASKS), result.rejected
-    assert all(detect(r.instruction)[0] == "ru" and detect(r.output)[0] == "ru" for r in result.records)
+    # Judged as the gate judges: none is confidently off Russian, and Russian is their majority. (One line,
+    # "Придумай загадку про осенний лес.", is read as Ukrainian on its own: a per-line guess is not the test.)
+    assert not any(is_off_language(r.instruction, "ru") or is_off_language(r.output, "ru") for r in result.records)
+    assert detect_seed_language(kept).code == "ru"
     # The near-copy of a seed task is not novel; the English task is off the seed's language.
     assert NEAR_COPY not in kept and result.rejected["not_novel"] >= 1, result.rejected
     assert ENGLISH_TASK not in kept and result.rejected[OFF_LANGUAGE] >= 1, result.rejected
