@@ -261,7 +261,6 @@ def generate(
     held_instructions = [i for i in dict.fromkeys(r.instruction for r in held_out) if i not in seed_instructions]
     classification = {r.instruction for r in seeds if r.provenance.get("is_classification")}
     language = seed_language(seed_instructions, config.language, stored=seed_language_found)
-    log(f"language: {language.note}")
     fingerprint = _fingerprint(seed_instructions, teacher.name, config, held_instructions)
 
     state = _State(fingerprint)
@@ -273,6 +272,7 @@ def generate(
     elif saved:
         log("checkpoint was made with another seed, teacher or settings; starting over")
     resumed_from = len(state.kept)
+    log(f"language: {language.note}")  # after the checkpoint's word: whether this run starts over comes first
 
     def save() -> None:
         if checkpoint:
