@@ -155,6 +155,7 @@ def cmd_generate(args) -> int:
             checkpoint_every=args.checkpoint_every,
             temperature=args.temperature,
             seed=args.seed_value,
+            language=args.language,
         )
         check_output_file(out, command="frd generate")
         seeds = parse_seed(seed_path.read_bytes(), str(seed_path))
@@ -191,6 +192,9 @@ def format_report(report, source: str) -> str:
     ]
     for reason, count in sorted(report.invalid_records.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {reason}: {count}")
+    lang = report.language
+    lines.append(f"language: {lang['language_note']}; {lang['off_language']} of {lang['checked']} records off it"
+                 if lang else "language: not determined (give --seed, or --config '{\"language\": \"ru\"}')")
     lines.append("gates:")
     for g in report.gates:
         lines.append(f"  {'pass' if g.passed else 'FAIL'}  {g.name} = {g.value:.4g} (threshold {g.threshold:g})")
@@ -657,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint-every", type=_integer, default=5)
     gen.add_argument("--temperature", type=float, default=0.7)
     gen.add_argument("--seed-value", type=_integer, default=0, help="random seed")
+    gen.add_argument("--language", default="",
+                     help="ISO 639-1 code the teacher writes in, e.g. ru (default: the seed's majority language)")
     gen.add_argument("--teacher-model", help="model name or folder (default TEACHER_MODEL or the default model)")
     gen.add_argument("--teacher-url", help="OpenAI-compatible base URL; selects the HTTP teacher")
     gen.add_argument("--checkpoint", help="checkpoint file (default OUT.checkpoint.json)")

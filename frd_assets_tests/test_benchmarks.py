@@ -82,6 +82,13 @@ def test_validation_throughput_small_run():
     assert figures["rouge_l_identical"] is True
 
 
+def test_language_id_small_run():
+    """py3langid only: lingua's models take a gigabyte and most of a minute to load."""
+    figures = _run("language_id", "--detectors", "py3langid")
+    assert figures["instructions"] == 160 and figures["py3langid_accuracy"] >= 0.95
+    assert figures["py3langid_false_drops"] == 0
+
+
 @pytest.mark.slow
 def test_teacher_throughput_small_run(tiny_model_dir):
     figures = _run("teacher_throughput", "--model", str(tiny_model_dir), "--max-new-tokens", "4")

@@ -73,7 +73,7 @@ def _corpus(rng: random.Random, n: int) -> list[str]:
     return texts
 
 
-def build_tiny_chat_model(folder: Path, *, steps: int = 150, seed: int = 0) -> Path:
+def build_tiny_chat_model(folder: Path, *, steps: int = 300, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast

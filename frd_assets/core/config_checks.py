@@ -127,6 +127,20 @@ class Names:
         return tuple(value)
 
 
+@dataclass(frozen=True)
+class LanguageCode:
+    """"" (unset: the seed's detected language) or one of the known ISO 639-1 codes; the message gives
+    examples, since the full list is long (core/language.py has it)."""
+
+    known: frozenset[str]
+
+    def check(self, value: Any) -> Any:
+        if value == "" or (isinstance(value, str) and value in self.known):
+            return value
+        raise _Refused("'' (the seed's detected language) or an ISO 639-1 code such as 'en', 'ru' or 'zh' "
+                       "(lower case; the list is LANGUAGE_NAMES in frd_assets/core/language.py)")
+
+
 # numpy and torch take seeds in [0, 2**32): a larger one fails deep inside them, far from the config.
 SEED = Integer(0, 2**32 - 1)
 # New tokens per answer, for every generating config and command: the longest contexts of today's models.

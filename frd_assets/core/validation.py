@@ -1,11 +1,13 @@
 """The validation gate: per-record checks, filters, corpus metrics against thresholds, and a verdict.
 
 Two phases. `screen_records` decides which records are kept, dropping each for its first problem in the
-order the checks cost: well-formed and not an exact repeat (`check_records`), not sharing a word n-gram
-with an evaluation task (`contaminated`), not a near-duplicate of a seed task or of an earlier kept record
-(`near_duplicate`), and, when a judge is given, not scored below `min_judge_score` (`low_judge_score`): the
-judge is the only check that costs model calls, so it sees the fewest records. Then `validate` measures
-the kept records against every gate's threshold and gives the verdict.
+order the checks cost: well-formed and not an exact repeat (`check_records`), an instruction in the
+dataset's language (`off_language`: the seed's majority language or the config's, and only a confident
+call drops; see core/language.py), not sharing a word n-gram with an evaluation task (`contaminated`),
+not a near-duplicate of a seed task or of an earlier kept record (`near_duplicate`), and, when a judge is
+given, not scored below `min_judge_score` (`low_judge_score`): the judge is the only check that costs model
+calls, so it sees the fewest records. Then `validate` measures the kept records against every gate's
+threshold and gives the verdict.
 
 Exact repeats within the set keep their own reason, `duplicate` (same instruction and input after case
 and surrounding space), because that check needs no words and so also covers text with no letter or digit
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from frd_assets.core import language as languages
 from frd_assets.core.config_checks import SEED, Integer, Number, check_fields
 from frd_assets.core.metrics.bleu import bleu_tokenizer, corpus_bleu, self_bleu
 from frd_assets.core.metrics.json_checks import REQUIRED_FIELDS, record_problem
@@ -75,6 +78,9 @@ class ValidationConfig:
     min_judge_score: int = 3  # records the judge scores below this (1-5 rubric) are dropped
     min_judge_score_mean: float = 3.5  # mean judge score over the scored records
     seed: int = 0
+    # ISO 639-1 code the records must be written in ("ru"); "": the seed's language, detected from its
+    # instructions. A record whose instruction is confidently in another language is `off_language`.
+    language: str = ""
 
     def __post_init__(self) -> None:
         check_fields(self, "validation config", _VALIDATION_RULES)
@@ -103,6 +109,7 @@ _VALIDATION_RULES = {
     "min_judge_score": Integer(1, 5),
     "min_judge_score_mean": Number(1, 5),
     "seed": SEED,
+    "language": languages.LANGUAGE,
 }
 
 
@@ -117,6 +124,7 @@ class Gate:
 
 # Reasons a well-formed record is dropped, besides json_checks' per-record problems and `duplicate`.
 CONTAMINATED, NEAR_DUPLICATE, LOW_JUDGE_SCORE = "contaminated", "near_duplicate", "low_judge_score"
+OFF_LANGUAGE = "off_language"
 NO_JUDGE_NOTE = "no judge given: records were not scored and the judge_score_mean gate is absent"
 NO_EVAL_TASKS_NOTE = "no evaluation tasks given: records were not checked for contamination"
 EXAMPLES = 5  # near-duplicate pairs shown in the report: enough to see what was dropped, not all of them
@@ -134,6 +142,9 @@ class ValidationReport:
     decontamination: dict[str, Any] = field(default_factory=dict)
     judge: dict[str, Any] | None = None  # None: no judge was given, and so no judge gate
     judge_note: str = NO_JUDGE_NOTE
+    # The language records were held to and how many were not in it (see drop_off_language); empty: no
+    # language could be told (no seed and none configured), so none was checked.
+    language: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -152,6 +163,7 @@ class ValidationReport:
             "decontamination": self.decontamination,
             "judge": self.judge,
             "judge_note": self.judge_note,
+            "language": self.language,
         }
 
     def to_json(self) -> str:
@@ -246,11 +258,39 @@ class Screening:
     scores: RecordScores | None  # None: no judge
     judge: dict[str, Any] | None
     signature: str  # how the kept set was chosen: every check and filter with its settings
+    language: dict[str, Any] = field(default_factory=dict)  # drop_off_language's account
 
 
 def _count(invalid: Counter, reason: str, n: int) -> None:
     if n:  # no zero entries: invalid_records lists only reasons that dropped something
         invalid[reason] += n
+
+
+def drop_off_language(
+    kept: list[tuple[int, dict[str, Any]]], language: languages.SeedLanguage
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+    """Drops records whose instruction is confidently in another language than the dataset's. Only a
+    confident call drops (the detector gives the dataset's language under OFF_LANGUAGE_BELOW; see
+    core/language.py): short instructions are often ambiguous between related languages, and a record in
+    the right language must never be lost to a doubtful guess."""
+    clean = [(i, row) for i, row in kept if not languages.is_off_language(row["instruction"], language.code)]
+    dropped = len(kept) - len(clean)
+    account = {**language.metadata(), "checked": len(kept), OFF_LANGUAGE: dropped,
+               "off_language_share": round(dropped / len(kept), 4) if kept else 0.0,
+               "signature": f"off_language|detector:{languages.detector_name()}|language:{language.code}"
+                            f"|below:{languages.OFF_LANGUAGE_BELOW}"}
+    return clean, account
+
+
+def dataset_language(
+    seed: Sequence[tuple[str, str]], config: ValidationConfig, stored: languages.SeedLanguage | None = None
+) -> languages.SeedLanguage | None:
+    """The language records are held to: the config's, else the one stored for the seed, else the seed's
+    majority; None when none says (no seed instruction with a letter)."""
+    instructions = [ins for ins, _ in seed]
+    if not (config.language or stored) and not any(any(ch.isalpha() for ch in ins) for ins in instructions):
+        return None
+    return languages.seed_language(instructions, config.language, stored=stored)
 
 
 def drop_contaminated(
@@ -350,10 +390,17 @@ def screen_records(
     *,
     eval_tasks: Sequence[EvalSource] = (),
     judge: Judge | None = None,
+    seed_language_found: languages.SeedLanguage | None = None,
 ) -> Screening:
     """Phase one of the gate: which records are kept, and why each of the others is not."""
     seed_texts = [_seed_text(t) for t in seed]
     kept, invalid = check_records(rows, config)
+    language = dataset_language(seed_texts, config, seed_language_found)
+    lang_account: dict[str, Any] = {}
+    if language is not None:
+        before = len(kept)
+        kept, lang_account = drop_off_language(kept, language)
+        _count(invalid, OFF_LANGUAGE, before - len(kept))
     before = len(kept)
     kept, contamination = drop_contaminated(kept, eval_tasks, config)
     _count(invalid, CONTAMINATED, before - len(kept))
@@ -365,10 +412,11 @@ def screen_records(
         before = len(kept)
         kept, scores, judged = drop_low_judge_scores(kept, judge, config)
         _count(invalid, LOW_JUDGE_SCORE, before - len(kept))
-    parts = [record_checks_signature(config), contamination["signature"], near["signature"]]
+    parts = [record_checks_signature(config), *([lang_account["signature"]] if lang_account else []),
+             contamination["signature"], near["signature"]]
     if scores is not None:
         parts.append(f"{judge_signature(scores)}|min_judge_score:{config.min_judge_score}")
-    return Screening(kept, invalid, near, contamination, scores, judged, "; ".join(parts))
+    return Screening(kept, invalid, near, contamination, scores, judged, "; ".join(parts), lang_account)
 
 
 def novelty_gates(
@@ -429,18 +477,20 @@ def validate(
     eval_tasks: Sequence[EvalSource] = (),
     judge: Judge | None = None,
     unreadable: Counter | None = None,
-    language: str | None = None,
+    seed_language_found: languages.SeedLanguage | None = None,
 ) -> ValidationReport:
     """The gate. rows are parsed records of any shape; unreadable counts lines that did not even parse.
 
     seed: the seed tasks (seed_dataset's rows, Records or bare instructions), for the novelty gates and the
     near-duplicate check. eval_tasks: the tasks the adapter is evaluated on (held-out seed Records or
     EvalTasks); records sharing a word n-gram with one are dropped. judge: make_judge's Judge, to score
-    each record; None leaves the judge gate out, and the report says so. language: the seed's ISO 639
-    code, which picks BLEU's tokenizer (`metrics.bleu.bleu_tokenizer`); None reads the script of the seed
-    instructions (of the kept ones without a seed). Seed gates need seed tasks and diversity gates two kept
-    records; absent, they are not reported."""
-    screened = screen_records(rows, seed, config, eval_tasks=eval_tasks, judge=judge)
+    each record; None leaves the judge gate out, and the report says so. Seed gates need seed tasks and
+    diversity gates two kept records; absent, they are not reported. Records are held to config.language,
+    else seed_language_found (what seed_dataset detected), else the seed's majority language; that language
+    also picks BLEU's tokenizer (`metrics.bleu.bleu_tokenizer`), and with none the script of the seed
+    instructions (of the kept ones without a seed) does."""
+    screened = screen_records(rows, seed, config, eval_tasks=eval_tasks, judge=judge,
+                              seed_language_found=seed_language_found)
     invalid = screened.invalid
     invalid.update(unreadable or {})
     n = len(rows) + sum((unreadable or {}).values())
@@ -454,7 +504,7 @@ def validate(
     seed_instructions = [_seed_text(t)[0] for t in seed]
     # One tokenizer for both BLEU gates, from the seed: the dataset's language is the seed's, and a few
     # off-script records must not switch the tokenizer under the other gate.
-    tokenize = bleu_tokenizer(seed_instructions or instructions, language=language)
+    tokenize = bleu_tokenizer(seed_instructions or instructions, language=screened.language.get("language"))
     if instructions and seed_instructions:
         gates += novelty_gates(instructions, seed_instructions, config, bleu_tokenize=tokenize)
     if len(instructions) >= 2:
@@ -465,4 +515,4 @@ def validate(
         note = f"scored by {screened.scores.judge} on rubric {RECORD_RUBRIC_VERSION}"
     verdict = READY if all(g.passed for g in gates) else DELETED
     return ValidationReport(verdict, n, len(kept), dict(invalid), gates, kept, screened.near_duplicates,
-                            screened.decontamination, screened.judge, note)
+                            screened.decontamination, screened.judge, note, screened.language)

@@ -33,6 +33,7 @@ from frd_assets.core.held_out import (
     partition,
     split_held_out,
 )
+from frd_assets.core.language import SeedLanguage, detect_seed_language
 from frd_assets.core.lora.search import StudyStorageError, history_markdown, run_search, study_name_for
 from frd_assets.core.names import (
     ADAPTER_EVALUATION,
@@ -106,6 +107,7 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
     rows = records_to_rows(records)
     formats = sorted({r.provenance.get("format", "") for r in records})
     inputs = {"seed_upload": info.key, "etag": info.etag}
+    language = _detect_language(context, records)
     return Output(
         DatasetOutput(rows, meta={INPUTS: inputs}),
         metadata={
@@ -119,20 +121,43 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
             SEED_KEY: info.key,
             SEED_ETAG: info.etag,
             INPUTS: MetadataValue.json(inputs),
+            # Detected once here; generation, validation and evaluation read it back (_stored_language).
+            **language,
             "sample": _sample_table(rows),
         },
     )
 
 
-def _seed_source(context: AssetExecutionContext, uuid: str) -> str:
-    """The seed object seed_dataset read for this partition, as its metadata recorded it."""
+def _detect_language(context: AssetExecutionContext, records) -> dict:
+    """The seed's language as seed_dataset metadata: every task's instruction votes, held-out ones too."""
+    try:
+        found = detect_seed_language([r.instruction for r in records])
+    except ValueError as exc:  # no instruction with a letter: the runs' `language` must say
+        context.log.warning(str(exc))
+        return {"language_note": str(exc)}
+    context.log.info(f"seed language: {found.note}")
+    meta = found.metadata()
+    return {**meta, "language_counts": MetadataValue.json(meta["language_counts"])}
+
+
+def _seed_metadata(context: AssetExecutionContext, uuid: str) -> dict:
+    """The metadata values of the seed_dataset materialization of this partition; {} when there is none."""
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(SEED_DATASET), asset_partitions=[uuid]), limit=1
     ).records
     mat = records[0].asset_materialization if records else None
-    if mat is not None and "source" in mat.metadata:
-        return str(mat.metadata["source"].value)
-    return "the seed upload"
+    return {k: v.value for k, v in mat.metadata.items()} if mat is not None else {}
+
+
+def _stored_language(context: AssetExecutionContext, uuid: str) -> SeedLanguage | None:
+    """The language seed_dataset detected for this partition; None for a seed materialized before it did,
+    whose language core then detects from the rows."""
+    return SeedLanguage.from_metadata(_seed_metadata(context, uuid))
+
+
+def _seed_source(context: AssetExecutionContext, uuid: str) -> str:
+    """The seed object seed_dataset read for this partition, as its metadata recorded it."""
+    return str(_seed_metadata(context, uuid).get("source", "the seed upload"))
 
 
 def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split, str]:
@@ -178,7 +203,8 @@ def generated_dataset(
     # Held-out tasks are never shown to the teacher; they only join the novelty pool.
     seeds, held_out = partition(rows_to_records(seed_dataset))
     with no_retry_when_full():  # the checkpoint is written to the store after each round
-        result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out, log=context.log.info)
+        result = generate(seeds, model, gen_config, checkpoint=checkpoint, held_out=held_out,
+                          seed_language_found=_stored_language(context, uuid), log=context.log.info)
     if not result.records:
         raise Failure(
             f"generation for dataset {uuid} kept no records after {result.rounds} rounds "
@@ -208,6 +234,8 @@ def generated_dataset(
             "teacher": model.name,
             "teacher_tokens": result.teacher_tokens,
             "tokens_per_second": round(result.tokens_per_second, 2),
+            "language": result.language.code if result.language else "",
+            "language_note": result.language.note if result.language else "",
             "sample": _sample_table(rows),
         },
     )
@@ -245,7 +273,8 @@ def validated_dataset(
     uuid = partition_dataset_id(context.partition_key, asset=VALIDATED_DATASET)
     apply_thread_budget()
     _seeds, held_out = partition(rows_to_records(seed_dataset))
-    report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build())
+    report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build(),
+                      seed_language_found=_stored_language(context, uuid))
     summary = report.to_dict()
     card = dataset_card(report, dataset_id=uuid, seed_name=_seed_source(context, uuid), teacher_name=teacher.model)
     ready = report.verdict == READY
@@ -268,6 +297,7 @@ def validated_dataset(
             "contaminated": MetadataValue.json(summary["decontamination"]),
             "near_duplicates": MetadataValue.json(summary["near_duplicates"]),
             "judge_scores": MetadataValue.json(summary["judge"]) if summary["judge"] else summary["judge_note"],
+            "language": MetadataValue.json(summary["language"]),
             "failed_gates": MetadataValue.json(summary["failed_gates"]),
             "report": MetadataValue.json(summary),
             **{f"gate/{k}": v for k, v in gates.items()},
@@ -424,6 +454,7 @@ def adapter_evaluation(
         config=config.core(),
         judge=the_judge,
         print_fn=context.log.info,
+        language=_stored_language(context, uuid),
     )
     figures = report.to_dict()
     judged = figures["judge"]

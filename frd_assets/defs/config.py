@@ -75,6 +75,8 @@ class GenerationRunConfig(Config):
     # "text": only the 'Input: ... Output: ...' prompt and its parser
     instance_format: str = _GENERATION.instance_format
     seed: int = _GENERATION.seed
+    # ISO 639-1 code the teacher writes in ("ru"); "": the language seed_dataset detected in the seed
+    language: str = _GENERATION.language
 
     @model_validator(mode="after")
     def check_with_core(self) -> "GenerationRunConfig":
@@ -102,6 +104,8 @@ class ValidationRunConfig(Config):
     min_judge_score: int = _VALIDATION.min_judge_score
     min_judge_score_mean: float = _VALIDATION.min_judge_score_mean
     seed: int = _VALIDATION.seed
+    # ISO 639-1 code the records must be in ("ru"); "": the language seed_dataset detected in the seed
+    language: str = _VALIDATION.language
 
     @model_validator(mode="after")
     def check_with_core(self) -> "ValidationRunConfig":

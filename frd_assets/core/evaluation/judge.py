@@ -7,6 +7,9 @@ tie, and the share of agreeing pairs is reported as position consistency. A repl
 stated verdict line is unparsable: it counts as a tie and is counted, never guessed at.
 
 The judge is any Teacher (an OpenAI-compatible endpoint or a local transformers model), at temperature 0.
+The prompt names the tasks' language (the seed's, or the tasks' majority language), since the judge's own
+instructions are English whatever the task's: an answer in another language than the task's does not
+follow it.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from frd_assets.core.evaluation.stats import Outcome
 from frd_assets.core.evaluation.tasks import EvalTask
 from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teachers import SamplingParams, Teacher
+from frd_assets.core.language import SeedLanguage, detect_seed_language
 
 # Bump when the wording below changes: verdicts from two prompt versions are not comparable.
-JUDGE_PROMPT_VERSION = "pairwise-v1"
+# v2: names the task's language.
+JUDGE_PROMPT_VERSION = "pairwise-v2"
 
 JUDGE_SYSTEM = "You are a careful, impartial judge of answers to tasks."
 
@@ -32,6 +37,9 @@ JUDGE_PROMPT = """Compare two answers to the task below and decide which one is 
 A better answer follows the instruction, is correct and complete, and stays on the task. The reference \
 answer shows one correct answer; a good answer need not use its words. Do not prefer an answer for being \
 longer, and do not let the order of the answers influence you.
+
+The task is written in {language}. An answer in another language does not follow the instruction, unless \
+the task asks for one (a translation, say).
 
 ### Task
 {task}
@@ -60,11 +68,16 @@ def judge_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, s
     return {"base_url": s.base_url, "model": s.model, "api_key": settings.secret(s.api_key_var, env)}
 
 
-def judge_prompt(task: EvalTask, answer_a: str, answer_b: str) -> ChatPrompt:
+# What the prompt says when no language could be told (tasks without a letter in any instruction).
+UNKNOWN_LANGUAGE = "the language of its instruction"
+
+
+def judge_prompt(task: EvalTask, answer_a: str, answer_b: str, *, language: str = UNKNOWN_LANGUAGE) -> ChatPrompt:
+    """language: the English name of the task's language ("Russian")."""
     task_text = f"{task.instruction}\n\nInput:\n{task.input}" if task.input else task.instruction
     content = JUDGE_PROMPT.format(
         task=task_text, reference=task.reference, answer_a=answer_a.strip() or "(empty)",
-        answer_b=answer_b.strip() or "(empty)",
+        answer_b=answer_b.strip() or "(empty)", language=language,
     )
     return ChatPrompt(({"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}))
 
@@ -136,19 +149,35 @@ class Judge:
     def __repr__(self) -> str:
         return f"Judge({self.identity!r}, prompt {self.prompt_version})"
 
-    def judge(self, tasks: Sequence[EvalTask], adapter: Sequence[str], base: Sequence[str]) -> list[JudgedTask]:
+    def judge(
+        self, tasks: Sequence[EvalTask], adapter: Sequence[str], base: Sequence[str], *,
+        language: SeedLanguage | None = None,
+    ) -> list[JudgedTask]:
+        """Both verdicts on every task. language: the seed's (stored by seed_dataset); None: the tasks'
+        majority language, detected here."""
         if not len(tasks) == len(adapter) == len(base):
             raise ValueError(
                 f"{len(tasks)} tasks, {len(adapter)} adapter and {len(base)} base answers; they must pair up"
             )
+        name = tasks_language_name(tasks, language)
         prompts = []
         for task, a, b in zip(tasks, adapter, base, strict=True):
-            prompts += [judge_prompt(task, a, b), judge_prompt(task, b, a)]
+            prompts += [judge_prompt(task, a, b, language=name), judge_prompt(task, b, a, language=name)]
         # All 2n prompts in one call, so a local judge batches them and an endpoint gets them concurrently.
         params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0)
         replies = [c.text for c in self.teacher.complete(prompts, params)]
         pairs = zip(replies[0::2], replies[1::2], strict=True)
         return [combine(parse_verdict(first), parse_verdict(second), (first, second)) for first, second in pairs]
+
+
+def tasks_language_name(tasks: Sequence[EvalTask], language: SeedLanguage | None = None) -> str:
+    """The English name of the language the tasks are in: `language`'s, else their majority language."""
+    if language is not None:
+        return language.name
+    try:
+        return detect_seed_language([t.instruction for t in tasks]).name
+    except ValueError:  # no instruction with a letter
+        return UNKNOWN_LANGUAGE
 
 
 def endpoint_host(base_url: str) -> str:

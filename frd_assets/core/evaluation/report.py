@@ -27,6 +27,7 @@ from frd_assets.core.evaluation.stats import (
     win_rate,
 )
 from frd_assets.core.evaluation.tasks import EvalTask
+from frd_assets.core.language import SeedLanguage
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.text_units import words
 from frd_assets.core.models import DEFAULT_MODEL, ModelNotFound, resolve_model
@@ -270,10 +271,12 @@ def evaluate_adapter(
     adapter_name: str | None = None,
     device: str | None = None,
     print_fn: Callable[[str], None] = print,
+    language: SeedLanguage | None = None,
 ) -> EvaluationReport:
     """Answers every task with the base model and with the adapter, scores both against the references and,
     when a judge is given, judges each pair in both orders. adapter_name is what the report calls the adapter
-    (a bucket URI, say); the folder path by default."""
+    (a bucket URI, say); the folder path by default. language: the seed's, which the judge is told; None:
+    the tasks' majority language."""
     config = config or EvaluationConfig()
     tasks = list(tasks)[: config.limit] if config.limit else list(tasks)
     if not tasks:
@@ -290,7 +293,7 @@ def evaluate_adapter(
     judged: list[JudgedTask] | None = None
     if judge is not None:
         print_fn(f"judging {len(tasks)} pairs in both orders with {judge.identity}")
-        judged = judge.judge(tasks, answers.adapter.texts, answers.base.texts)
+        judged = judge.judge(tasks, answers.adapter.texts, answers.base.texts, language=language)
     return EvaluationReport(
         n=len(tasks),
         skipped=skipped,

@@ -13,35 +13,42 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+# {language} is the seed's language by its English name (core/language.py): the teacher is told in words
+# which language to write, not left to infer it from the examples.
 INSTRUCTION_PROMPT_HEADER = (
     "You are asked to come up with a set of diverse task instructions. "
     "Vary the verbs and the kinds of task (open questions, classification, rewriting, brainstorming, "
-    "explanation, reasoning). Each instruction is one or two sentences in English that a language model "
+    "explanation, reasoning). Each instruction is one or two sentences in {language} that a language model "
     "can answer in text. Do not repeat the examples.\n\nList of tasks:"
 )
 
 INSTANCE_PROMPT = (
     "Write one example for the task below.\n"
     "If the task needs an input (a text, a list, a question to work on), write it after 'Input:'; "
-    "otherwise write 'Input: <noinput>'. Then write a correct, complete answer after 'Output:'.\n\n"
+    "otherwise write 'Input: <noinput>'. Then write a correct, complete answer after 'Output:'. "
+    "Write both in {language}.\n\n"
     "Task: {instruction}"
 )
 
 CLASSIFICATION_INSTANCE_PROMPT = (
     "Write one example for the classification task below. First write the class label after 'Output:', "
-    "then an input that belongs to that class after 'Input:'.\n\nTask: {instruction}"
+    "then an input that belongs to that class after 'Input:'. Write both in {language}.\n\nTask: {instruction}"
 )
 
 INSTANCE_JSON_PROMPT = (
     "Write one example for the task below as a JSON object with two string fields: \"input\", the text, "
     "list or question the task works on (\"\" if the task needs no input), and \"output\", a correct, "
-    "complete answer for that input.\n\nTask: {instruction}"
+    "complete answer for that input. Write both in {language}.\n\nTask: {instruction}"
 )
 
 CLASSIFICATION_INSTANCE_JSON_PROMPT = (
     "Write one example for the classification task below as a JSON object with two string fields: first "
-    "\"output\", a class label, then \"input\", an input that belongs to that class.\n\nTask: {instruction}"
+    "\"output\", a class label, then \"input\", an input that belongs to that class. Write both in "
+    "{language}.\n\nTask: {instruction}"
 )
+
+# The language a prompt asks for when its caller names none: the seed sample's, and most teachers' first.
+DEFAULT_LANGUAGE = "English"
 
 # What a teacher may write for "this task has no input"; such an input is stored as "".
 _NO_INPUT = ("<noinput>", "noinput", "none", "n/a", "<no input>")
@@ -57,9 +64,10 @@ class ChatPrompt:
     json_schema: Mapping[str, Any] | None = field(default=None, hash=False)
 
 
-def instruction_prompt(examples: list[str]) -> ChatPrompt:
-    """Shows the examples as a numbered list and lets the teacher continue it at the next number."""
-    lines = [INSTRUCTION_PROMPT_HEADER]
+def instruction_prompt(examples: list[str], *, language: str = DEFAULT_LANGUAGE) -> ChatPrompt:
+    """Shows the examples as a numbered list and lets the teacher continue it at the next number; language
+    is the English name of the language the new instructions are to be written in ("Russian")."""
+    lines = [INSTRUCTION_PROMPT_HEADER.format(language=language)]
     lines += [f"{i}. {ex.strip()}" for i, ex in enumerate(examples, start=1)]
     listing = "\n".join(lines)
     # Prefilling the next number makes even a small teacher continue the list instead of chatting.
@@ -79,16 +87,19 @@ def instance_schema(*, output_first: bool = False) -> dict[str, Any]:
     }
 
 
-def instance_prompt(instruction: str, *, is_classification: bool = False, as_json: bool = False) -> ChatPrompt:
-    """The prompt for one instance of a task, in the text format or, with as_json, the JSON format."""
+def instance_prompt(
+    instruction: str, *, is_classification: bool = False, as_json: bool = False, language: str = DEFAULT_LANGUAGE
+) -> ChatPrompt:
+    """The prompt for one instance of a task, in the text format or, with as_json, the JSON format; language
+    names the language the instance is to be written in."""
     content = {"role": "user", "content": ""}
     if as_json:
         template = CLASSIFICATION_INSTANCE_JSON_PROMPT if is_classification else INSTANCE_JSON_PROMPT
-        content["content"] = template.format(instruction=instruction.strip())
+        content["content"] = template.format(instruction=instruction.strip(), language=language)
         # No prefill: the schema constraint writes the opening brace and first key itself.
         return ChatPrompt((content,), json_schema=instance_schema(output_first=is_classification))
     template = CLASSIFICATION_INSTANCE_PROMPT if is_classification else INSTANCE_PROMPT
-    content["content"] = template.format(instruction=instruction.strip())
+    content["content"] = template.format(instruction=instruction.strip(), language=language)
     return ChatPrompt((content,), prefill="Output:" if is_classification else "Input:")
 
 

@@ -29,12 +29,14 @@ from frd_assets.core.config_checks import MAX_NEW_TOKENS, SEED, Integer, Number,
 from frd_assets.core.generation.checkpoint import Checkpoint
 from frd_assets.core.generation.filters import FilterConfig, filters_signature, instruction_reject_reason
 from frd_assets.core.generation.prompts import (
+    DEFAULT_LANGUAGE,
     instance_prompt,
     instruction_prompt,
     parse_instance_reply,
     parse_instruction_list,
 )
 from frd_assets.core.generation.teachers import Completion, SamplingParams, Teacher
+from frd_assets.core.language import LANGUAGE, SeedLanguage, is_off_language, seed_language
 from frd_assets.core.metrics.rouge_l import NoveltyIndex
 from frd_assets.core.records import Record
 
@@ -65,6 +67,9 @@ class GenerationConfig:
     # "json": instances as schema-constrained JSON where the teacher can enforce a schema, else as text;
     # "text": always the 'Input: ... Output: ...' prompt and parser (the behaviour before JSON existed).
     instance_format: str = "json"
+    # ISO 639-1 code of the language the teacher is asked to write in ("ru"); "": the seed's language, as
+    # detected from its instructions (core/language.py). Instructions confidently in another are dropped.
+    language: str = ""
 
     def __post_init__(self) -> None:
         check_fields(self, "generation config", _GENERATION_RULES)
@@ -96,6 +101,7 @@ _GENERATION_RULES = {
     "checkpoint_every": Integer(1, 1_000_000),
     "seed": SEED,
     "instance_format": OneOf(INSTANCE_FORMATS),
+    "language": LANGUAGE,
 }
 
 
@@ -146,6 +152,7 @@ class GenerationResult:
     instances: InstanceCounts = field(default_factory=InstanceCounts)
     # Why instances were asked in the text format although instance_format is "json"; None: they were not.
     json_fallback_reason: str | None = None
+    language: SeedLanguage | None = None  # the language the teacher was asked to write in
 
     @property
     def tokens_per_second(self) -> float:
@@ -175,6 +182,10 @@ def _fingerprint(seed_instructions: Sequence[str], teacher_name: str, config: Ge
     # format, including one made before instance_format existed.
     settings = {k: v for k, v in asdict(config).items() if k not in ("num_instructions", "max_rounds",
                                                                      "checkpoint_every", "instance_format")}
+    # An unset language is the seed's, which the seed (in the fingerprint) decides; leaving it out keeps a
+    # checkpoint made before the field existed continuable. A set language changes every prompt: it counts.
+    if not settings["language"]:
+        del settings["language"]
     parts = [sorted(seed_instructions), teacher_name, settings]
     if held_out:  # a checkpoint made with other tasks held out was made with other examples
         parts.append(sorted(held_out))
@@ -241,6 +252,7 @@ def generate(
     checkpoint: Checkpoint | None = None,
     embedder=None,
     held_out: Sequence[Record] = (),
+    seed_language_found: SeedLanguage | None = None,
     log: Callable[[str], None] = print,
 ) -> GenerationResult:
     """Runs the loop until num_instructions are kept or max_rounds pass; returns kept records and counts.
@@ -248,12 +260,15 @@ def generate(
     Two phases, both checkpointed: instruction proposals (propose_instructions), then one instance per kept
     instruction (write_instances). held_out: tasks set aside for evaluation. The teacher never sees them
     (they are no seed examples and get no instance prompt), but they are in the novelty pool, so a
-    near-copy of one is rejected."""
+    near-copy of one is rejected. The teacher is asked to write in config.language, else in
+    seed_language_found (the language seed_dataset detected and stored), else in the seeds' majority
+    language, detected here."""
     seed_instructions = list(dict.fromkeys(r.instruction for r in seeds))
     if not seed_instructions:
         raise ValueError("generation needs at least one seed instruction")
     held_instructions = [i for i in dict.fromkeys(r.instruction for r in held_out) if i not in seed_instructions]
     classification = {r.instruction for r in seeds if r.provenance.get("is_classification")}
+    language = seed_language(seed_instructions, config.language, stored=seed_language_found)
     fingerprint = _fingerprint(seed_instructions, teacher.name, config, held_instructions)
 
     state = _State(fingerprint)
@@ -265,6 +280,7 @@ def generate(
     elif saved:
         log("checkpoint was made with another seed, teacher or settings; starting over")
     resumed_from = len(state.kept)
+    log(f"language: {language.note}")  # after the checkpoint's word: whether this run starts over comes first
 
     def save() -> None:
         if checkpoint:
@@ -273,7 +289,7 @@ def generate(
     t0 = time.perf_counter()
     tokens_at_start = state.teacher_tokens
     propose_instructions(state, teacher, config, seed_instructions, held_instructions, embedder=embedder,
-                         save=save, log=log)
+                         save=save, log=log, language=language)
 
     todo = [ins for ins in state.kept if ins not in state.instances]
     if todo and config.instance_format == "json" and not _asks_json(config, teacher):
@@ -284,9 +300,11 @@ def generate(
         state.teacher_tokens += tokens
         save()
 
-    write_instances(todo, teacher, config, classification, state.instances, after_batch=instances_saved, log=log)
+    write_instances(todo, teacher, config, classification, state.instances, after_batch=instances_saved, log=log,
+                    language=language.name)
 
     result = _result(state, teacher, config, resumed_from=resumed_from)
+    result.language = language
     result.seconds = time.perf_counter() - t0
     result.run_tokens = state.teacher_tokens - tokens_at_start
     counts = result.instances
@@ -307,10 +325,12 @@ def propose_instructions(
     embedder,
     save: Callable[[], None],
     log: Callable[[str], None],
+    language: SeedLanguage,
 ) -> None:
-    """The proposal phase: rounds of few-shot prompts, each candidate kept only when it passes the word
-    filters and is no duplicate, not ROUGE-L-close (nor embedding-close) to the seed, held-out or kept
-    instructions. Adds to state.kept; checkpoints every checkpoint_every kept and at the end."""
+    """The proposal phase: rounds of few-shot prompts asking for instructions in `language`, each candidate
+    kept only when it passes the word filters, is not confidently in another language, and is no duplicate,
+    not ROUGE-L-close (nor embedding-close) to the seed, held-out or kept instructions. Adds to state.kept;
+    checkpoints every checkpoint_every kept and at the end."""
     filter_cfg = config.filters()
     pool = NoveltyIndex(seed_instructions + held_instructions + state.kept)
     seen = {s.lower() for s in seed_instructions + held_instructions + state.kept}
@@ -331,7 +351,7 @@ def propose_instructions(
             examples = rng.sample(seed_instructions, min(config.seed_tasks_per_prompt, len(seed_instructions)))
             examples += rng.sample(state.kept, min(config.generated_per_prompt, len(state.kept)))
             rng.shuffle(examples)
-            prompts.append(instruction_prompt(examples))
+            prompts.append(instruction_prompt(examples, language=language.name))
         params = SamplingParams(config.max_new_tokens_instructions, config.temperature, config.top_p,
                                 config.seed + state.rounds * 7919)
         completions = teacher.complete(prompts, params)
@@ -346,6 +366,10 @@ def propose_instructions(
                 # Only the last item can have been cut off by the token limit.
                 truncated = comp.finish_reason == "length" and i == len(candidates) - 1
                 reason = instruction_reject_reason(cand, truncated=truncated, config=filter_cfg)
+                # Before the novelty checks: an instruction in another language would be dropped by the
+                # gate anyway, so it should not take a place in the pool (nor an instance prompt).
+                if reason is None and is_off_language(cand, language.code):
+                    reason = "off_language"
                 if reason is None and cand.lower() in seen:
                     reason = "duplicate"
                 if reason is None and pool.max_f(cand)[0] > config.novelty_threshold:
@@ -398,10 +422,12 @@ def write_instances(
     *,
     after_batch: Callable[[int], None] = lambda tokens: None,
     log: Callable[[str], None] = print,
+    language: str = DEFAULT_LANGUAGE,
 ) -> int:
     """Asks the teacher for one instance per instruction, a batch of prompts_per_round at a time, and
     stores each outcome (see _instance_outcome) in outcomes; after each batch calls after_batch with the
-    teacher tokens it spent (generate checkpoints there); returns the tokens of all batches.
+    teacher tokens it spent (generate checkpoints there); returns the tokens of all batches. language: the
+    English name of the language the instances are asked in.
 
     With instance_format "json" and a teacher that can enforce the schema, a batch is asked for as JSON
     first, and only the instructions whose JSON reply gave no instance (it ran out of tokens, or an
@@ -417,11 +443,11 @@ def write_instances(
             group = [ins for ins in chunk if (ins in classification) == output_first]
             if group and _asks_json(config, teacher):
                 tokens += _ask_instances(group, teacher, config, outcomes, output_first=output_first,
-                                         as_json=True, seed=config.seed + 1 + start)
+                                         as_json=True, seed=config.seed + 1 + start, language=language)
                 group = [ins for ins in group if not isinstance(outcomes[ins], list)]
             if group:
                 tokens += _ask_instances(group, teacher, config, outcomes, output_first=output_first,
-                                         as_json=False, seed=config.seed + 1 + start)
+                                         as_json=False, seed=config.seed + 1 + start, language=language)
         total += tokens
         after_batch(tokens)
         counts = InstanceCounts.tally(list(outcomes.values()))
@@ -432,13 +458,14 @@ def write_instances(
 
 def _ask_instances(
     group: list[str], teacher: Teacher, config: GenerationConfig, outcomes: dict[str, Any], *,
-    output_first: bool, as_json: bool, seed: int,
+    output_first: bool, as_json: bool, seed: int, language: str,
 ) -> int:
     """One teacher call for the group's instances in one format; returns the tokens it took."""
     # In the text format a reply that starts a second example is cut there; JSON ends with its object.
     stop = () if as_json else ("\nOutput:" if output_first else "\nInput:", "\nTask:")
     params = SamplingParams(config.max_new_tokens_instance, config.temperature, config.top_p, seed, stop)
-    prompts = [instance_prompt(ins, is_classification=output_first, as_json=as_json) for ins in group]
+    prompts = [instance_prompt(ins, is_classification=output_first, as_json=as_json, language=language)
+               for ins in group]
     tokens = 0
     for ins, comp in zip(group, teacher.complete(prompts, params), strict=True):
         tokens += comp.completion_tokens

@@ -73,16 +73,20 @@ def dataset_card(
     seed_name: str,
     teacher_name: str,
     license: str = "unknown",
-    languages: Sequence[str] = ("en",),
+    languages: Sequence[str] | None = None,
     pretty_name: str | None = None,
 ) -> str:
     """README.md text for the validated dataset: YAML front matter, then the provenance and the gate's
-    account. license is a Hub license id ("apache-2.0", "cc-by-4.0"; "unknown" when the seed's is not known)."""
+    account. license is a Hub license id ("apache-2.0", "cc-by-4.0"; "unknown" when the seed's is not known).
+    languages: ISO 639-1 codes for the `language:` field; by default the one the gate held the records to,
+    and none when it could not tell (the Hub reads a missing field as unknown, a wrong one as a fact)."""
     pretty = pretty_name or f"FRD.ai instructions {dataset_id}"
+    if languages is None:
+        languages = [report.language["language"]] if report.language else []
     front = [
         "---",
         f"license: {yaml_string(license)}",
-        *_yaml_list("language", languages),
+        *(_yaml_list("language", languages) if languages else []),
         *_yaml_list("task_categories", ["text-generation"]),
         *_yaml_list("tags", ["synthetic", "self-instruct", "instruction-tuning"]),
         *_yaml_list("size_categories", [size_category(report.valid_records)]),
@@ -110,6 +114,7 @@ def dataset_card(
         f"| teacher | {_cell(teacher_name)} |",
         f"| judge | {_cell(report.judge['model'] if report.judge else 'none')} |",
         "",
+        *_language(report),
         *_counts(report),
         *_gates(report),
         *_near_duplicates(report),
@@ -122,6 +127,17 @@ def dataset_card(
         "",
     ]
     return "\n".join(front + body)
+
+
+def _language(report: ValidationReport) -> list[str]:
+    lang = report.language
+    if not lang:
+        return ["## Language", "", "Not determined: no seed instructions and no `language` in the run config.", ""]
+    return ["## Language", "",
+            f"{_inline(lang['language_note'])} (detector: {_inline(lang['language_detector'])}). "
+            f"{lang['off_language']} of {lang['checked']} records ({lang['off_language_share']:.1%}) had an "
+            "instruction confidently in another language and were dropped as `off_language`.", "",
+            f"Signature: `{lang['signature']}`", ""]
 
 
 def _counts(report: ValidationReport) -> list[str]:
