@@ -29,6 +29,7 @@ import requests
 
 from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teacher_types import Completion, SamplingParams
+from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import loads_strict_json
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -188,7 +189,9 @@ class OpenAICompatibleTeacher:
                 f"teacher endpoint {self.url} answered without a chat completion: {response.text[:200]}"
             ) from None
         usage = data.get("usage") or {}
-        tokens = int(usage.get("completion_tokens") or len(text.split()))
+        # An endpoint that reports no usage: words by the one text-unit rule stand in for tokens (spaces would
+        # count a whole Chinese reply as one).
+        tokens = int(usage.get("completion_tokens") or len(words(text)))
         with self._lock:
             self.generated_tokens += tokens
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
