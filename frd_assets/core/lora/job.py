@@ -1,8 +1,8 @@
 """What a LoRA search job is: its search space, its settings, and the job file every trial worker reads.
 
 The search (search.py), the pool of trial processes (pool.py), each trial worker (worker.py) and the
-Kubernetes pods (kubernetes.py) all need these types, and none of them needs the others': keeping them
-here, below all four, is what lets the modules above import downwards only.
+Kubernetes pods (kubernetes.py) all need these types. Kept here, below all four, they let each of those
+import downwards only: search and kubernetes above pool, pool above worker, worker above this module.
 """
 
 from __future__ import annotations
