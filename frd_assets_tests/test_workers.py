@@ -15,11 +15,13 @@ import torch
 import yaml
 
 from frd_assets.core import settings
+from frd_assets.core.lora import worker
 from frd_assets.core.lora.kubernetes import K8S_WORKERS_ENV, KubernetesWorkers, job_name, worker_job_manifest
-from frd_assets.core.lora.search import SearchSettings, run_search, study_storage
+from frd_assets.core.lora.pool import slot_env
+from frd_assets.core.lora.search import SearchSettings, run_search
 from frd_assets.core.lora.study_storage import STORAGE_ENV
 from frd_assets.core.lora.trial import TrainingConfig
-from frd_assets.core.lora.worker import WORKER_ATTR, slot_env
+from frd_assets.core.lora.worker import WORKER_ATTR
 from frd_assets.core.records import Record
 from frd_assets.core.threads import (
     EMBEDDED_CONCURRENT_RUNS,
@@ -68,7 +70,7 @@ def test_the_fork_server_gives_each_trial_its_own_process_environment_output_and
     from frd_assets.core.lora.fork_server import ForkServer, available
 
     assert available([]) and not available(["0"])  # with a GPU every trial is exec'd instead
-    server = ForkServer()
+    server = ForkServer(worker.main)
     try:
         spec = str(tmp_path / "missing.json")
         # Not given the storage variable (whatever this process has): the worker's own one-line refusal.
@@ -126,7 +128,7 @@ def test_a_trial_whose_process_died_before_it_recorded_itself_does_not_stall_the
     settings = SearchSettings(pruner="none")
     # A RUNNING trial without a worker record and without a heartbeat: what a worker killed between the
     # trial's creation and its first line leaves. Nobody will finish it, and it never goes stale.
-    optuna.create_study(study_name="orphan", storage=study_storage(storage_url, settings)).ask()
+    optuna.create_study(study_name="orphan", storage=settings.storage(storage_url)).ask()
     records = [Record(f"r{i}", r["instruction"], "", r["output"]) for i, r in enumerate(RECORDS[:12])]
     run_search(records, base_model=str(tiny_model_dir), n_trials=2, storage_url=storage_url, study_name="orphan",
                work_dir=tmp_path / "work", out_dir=tmp_path / "out",
@@ -173,7 +175,7 @@ def test_the_kubernetes_job_runs_the_worker_module_in_parallel_pods_against_the_
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     [container] = pod["containers"]
-    assert container["command"] == ["python", "-m", "frd_assets.core.lora.worker", "--spec", str(spec), "--pool", "1"]
+    assert container["command"] == ["python", "-m", "frd_assets.core.lora.pool", "--spec", str(spec), "--workers", "1"]
     assert container["envFrom"] == [{"secretRef": {"name": "frd-assets-env"}}]  # OPTUNA_STORAGE, never inline
     assert "postgres" not in json.dumps(job)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"

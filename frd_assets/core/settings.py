@@ -35,6 +35,9 @@ JUDGE_BASE_URL, JUDGE_MODEL, JUDGE_API_KEY = "JUDGE_BASE_URL", "JUDGE_MODEL", "J
 LORA_MODEL_NAME, LORA_N_TRIALS, LORA_N_WORKERS = "LORA_MODEL_NAME", "LORA_N_TRIALS", "LORA_N_WORKERS"
 OPTUNA_STORAGE = "OPTUNA_STORAGE"  # an SQLAlchemy URL; it may hold a database password
 FRD_TRIALS_DIR = "FRD_TRIALS_DIR"
+FRD_K8S_TRIAL_WORKERS = "FRD_K8S_TRIAL_WORKERS"  # JSON of core/lora/kubernetes.py's KubernetesWorkers
+# The torch thread budget of a run or a trial worker (core/threads.py decides the default when unset).
+FRD_TORCH_THREADS = "FRD_TORCH_THREADS"
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 _Env = Mapping[str, str]
@@ -173,7 +176,7 @@ class LoraSettings:
 
     base_model: str = DEFAULT_MODEL
     n_trials: int = DEFAULT_N_TRIALS
-    n_workers: int = 1  # trial processes at once (see core/lora/worker.py)
+    n_workers: int = 1  # trial processes at once (see core/lora/pool.py)
     storage_var: str | None = None  # OPTUNA_STORAGE when it is set; else an SQLite file (study_storage.py)
     trials_dir: Path | None = None  # trial adapters; None means beside the model cache
 
@@ -188,6 +191,22 @@ def lora_settings(env: _Env | None = None) -> LoraSettings:
         storage_var=OPTUNA_STORAGE if _text(env, OPTUNA_STORAGE) else None,
         trials_dir=Path(trials_dir).expanduser() if trials_dir else None,
     )
+
+
+def optuna_storage(env: _Env | None = None) -> str | None:
+    """$OPTUNA_STORAGE, or None when unset; a secret, so print it only through study_storage.redacted."""
+    return secret(OPTUNA_STORAGE, env)
+
+
+def k8s_trial_workers(env: _Env | None = None) -> str | None:
+    """$FRD_K8S_TRIAL_WORKERS as set (KubernetesWorkers.from_json parses it), or None: local processes."""
+    return _text(_env(env), FRD_K8S_TRIAL_WORKERS)
+
+
+def torch_threads(env: _Env | None = None) -> int | None:
+    """$FRD_TORCH_THREADS, or None when unset: core/threads.py then derives the budget from the cores."""
+    env = _env(env)
+    return env_int(env, FRD_TORCH_THREADS, default=1) if _text(env, FRD_TORCH_THREADS) else None
 
 
 def default_trials_dir(env: _Env | None = None) -> Path:

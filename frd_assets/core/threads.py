@@ -23,10 +23,10 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from frd_assets.core import settings
 from frd_assets.core.config_checks import Integer, check_value
-from frd_assets.core.settings import env_int
 
-THREADS_ENV = "FRD_TORCH_THREADS"
+THREADS_ENV = settings.FRD_TORCH_THREADS
 # Read by the OpenMP and MKL runtimes when a process starts: set here, they reach every child process.
 _CHILD_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Runs of the embedded instance that may compute on one machine's cores at once: dagster.yaml's
@@ -70,11 +70,11 @@ def runs_sharing_cores() -> int:
 def thread_budget(env: Mapping[str, str] | None = None, *, shared: bool = False) -> int:
     """FRD_TORCH_THREADS when set; else every available core, or with shared=True (a run of the embedded
     instance, which another run may be beside) an even share of them (runs_sharing_cores)."""
-    env = os.environ if env is None else env
-    if not env.get(THREADS_ENV, "").strip():
+    budget = settings.torch_threads(env)
+    if budget is None:
         cores = available_cores()
         return max(1, cores // runs_sharing_cores()) if shared else cores
-    return env_int(env, THREADS_ENV, default=1)  # the settings' one integer reader and its error message
+    return budget
 
 
 def threads_per_worker(n_workers: int, budget: int | None = None) -> int:

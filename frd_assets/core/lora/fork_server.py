@@ -7,20 +7,22 @@ imported them starts in milliseconds, and keeps what a process per trial is for:
 fragmented allocator dies with its trial, and the server never trains, so nothing one trial does reaches
 the next.
 
-The server is a fresh interpreter (`python -m frd_assets.core.lora.fork_server FD`), not a fork of the
-pool, so the pool's threads and state never reach a trial. It is single-threaded, which is what makes
-forking it safe. Python's multiprocessing "forkserver" would do the same but makes every child import the
-caller's __main__ again (the Dagster step's entry point, say), which is both slow and not ours to run.
+The server is a fresh interpreter (`python -m frd_assets.core.lora.fork_server FD MODULE:FUNCTION`), not a
+fork of the pool, so the pool's threads and state never reach a trial. It is single-threaded, which is
+what makes forking it safe. It is given its entry point (pool.py passes worker.main) as an importable
+target, imports it once and calls it in each forked child with the trial's argv: so this module imports
+nothing of the LoRA search. Python's multiprocessing "forkserver" would do the same but makes every child
+import the caller's __main__ again (the Dagster step's entry point, say), which is both slow and not ours to run.
 
 Protocol, over one AF_UNIX SOCK_SEQPACKET pair (each message whole):
   pool -> server: JSON {"argv": [...], "env": {...}} with one file descriptor attached, the trial's stdout
   server -> pool: {"started": pid} in answer, and {"exit": pid, "code": c} whenever a trial ends (c as
   subprocess gives it: negative for a signal)
 The server exits when the pool's end closes (the pool ended or died); trials then running finish on their
-own, like the orphans of exec'd workers, and worker.py's recovery applies to them alike.
+own, like the orphans of exec'd workers, and pool.py's recovery applies to them alike.
 
 CPU only: a process that initialised CUDA cannot hand it to forked children, and whether an import touches
-CUDA is each library's business, so with GPUs every trial stays a freshly exec'd interpreter (worker.py).
+CUDA is each library's business, so with GPUs every trial stays a freshly exec'd interpreter (pool.py).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Callable
 
-# Imported once by the server. Model classes (modeling_llama, say) are left to the first trial that needs
-# them: they depend on the base model.
-PRELOAD = ("torch", "transformers", "peft", "optuna", "frd_assets.core.lora.worker")
+# Imported once by the server, with the entry point's module. Model classes (modeling_llama, say) are left
+# to the first trial that needs them: they depend on the base model.
+PRELOAD = ("torch", "transformers", "peft", "optuna")
 _MAX_MESSAGE = 1 << 20  # a request carries the slot's environment: well under this
 
 
@@ -45,14 +48,32 @@ def available(gpus: list[str]) -> bool:
     return not gpus and hasattr(os, "fork") and hasattr(socket, "send_fds")
 
 
-class ForkServer:
-    """The pool's side: starts the server, asks it for trial processes, learns how they ended."""
+def entry_target(entry: Callable[[list[str]], int]) -> str:
+    """`module:function` of a module-level function, as the server imports it."""
+    module, name = getattr(entry, "__module__", None), getattr(entry, "__qualname__", "")
+    if not module or module == "__main__" or not name.isidentifier():
+        raise ValueError(f"the fork server's entry point must be a module-level function of an importable "
+                         f"module, not {entry!r}")
+    return f"{module}:{name}"
 
-    def __init__(self) -> None:
+
+def _import_entry(target: str) -> Callable[[list[str]], int]:
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class ForkServer:
+    """The pool's side: starts the server, asks it for trial processes, learns how they ended. Each trial
+    process runs entry(argv), with the argv that spawn passes."""
+
+    def __init__(self, entry: Callable[[list[str]], int]) -> None:
+        target = entry_target(entry)
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self._server = subprocess.Popen(
-                [sys.executable, "-m", "frd_assets.core.lora.fork_server", str(theirs.fileno())],
+                [sys.executable, "-m", "frd_assets.core.lora.fork_server", str(theirs.fileno()), target],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
             )
         self._lock = threading.Lock()  # one request at a time: answers come back in order
@@ -159,9 +180,10 @@ class ForkedProcess:
 # --- the server ---------------------------------------------------------------------------------------
 
 
-def _run_trial(control: socket.socket, argv: list[str], env: dict[str, str], out_fd: int) -> None:
-    """In the forked child: the slot's environment, stdout and stderr into the pool's socket, then the
-    worker's main as `python -m frd_assets.core.lora.worker ARGV` runs it. Never returns."""
+def _run_trial(control: socket.socket, entry: Callable[[list[str]], int], argv: list[str], env: dict[str, str],
+               out_fd: int) -> None:
+    """In the forked child: the slot's environment, stdout and stderr into the pool's socket, then
+    entry(argv), as the entry module's `python -m` would run it. Never returns."""
     import traceback
 
     code = 1
@@ -178,9 +200,7 @@ def _run_trial(control: socket.socket, argv: list[str], env: dict[str, str], out
         os.close(null)
         sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-        from frd_assets.core.lora.worker import main
-
-        code = main(argv) or 0
+        code = entry(argv) or 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -195,11 +215,12 @@ def _run_trial(control: socket.socket, argv: list[str], env: dict[str, str], out
         os._exit(code)
 
 
-def serve(control_fd: int) -> None:
+def serve(control_fd: int, target: str) -> None:
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
+    entry = _import_entry(target)
     control = socket.socket(fileno=control_fd)
     children: set[int] = set()
     while True:
@@ -218,7 +239,7 @@ def serve(control_fd: int) -> None:
             request = json.loads(message)
             pid = os.fork()
             if pid == 0:
-                _run_trial(control, request["argv"], request["env"], fds[0])
+                _run_trial(control, entry, request["argv"], request["env"], fds[0])
             for fd in fds:
                 os.close(fd)
             children.add(pid)
@@ -232,7 +253,7 @@ def serve(control_fd: int) -> None:
 
 if __name__ == "__main__":
     try:
-        serve(int(sys.argv[1]))
+        serve(int(sys.argv[1]), sys.argv[2])
     except (BrokenPipeError, ConnectionResetError):
         pass  # the pool went away while we reported: nobody is left to tell
     os._exit(0)  # skip the interpreter's teardown of torch and friends (about a second): nothing to flush

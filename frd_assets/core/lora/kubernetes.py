@@ -1,7 +1,7 @@
 """Trial workers as Kubernetes pods: one Job per search, `parallelism` pods sharing the PostgreSQL study.
 
 The Job is Kubernetes' work-queue pattern, with the study as the queue: no `completions`, each pod runs
-`python -m frd_assets.core.lora.worker --pool 1` (trials one after another, each in a fresh process)
+`python -m frd_assets.core.lora.pool --workers 1` (trials one after another, each in a fresh process)
 until the study holds its n_trials finished trials, then exits 0; the Job is complete once one pod has
 succeeded and all have ended. A pod that dies is replaced by the Job controller (up to backoff_limit),
 and its trial is failed by the heartbeat and queued again. A plain Job, not dagster-k8s's PipesK8sClient:
@@ -16,18 +16,18 @@ FRD_K8S_TRIAL_WORKERS, a JSON object of KubernetesWorkers' fields (deploy/helm/v
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
+from frd_assets.core import settings
 from frd_assets.core.config_checks import Integer, Names, _Refused, check_fields, config_from_json
+from frd_assets.core.lora import pool
+from frd_assets.core.lora.job import SearchJob
+from frd_assets.core.lora.study_storage import STORAGE_ENV
 
-if TYPE_CHECKING:
-    from frd_assets.core.lora.worker import SearchJob
-
-K8S_WORKERS_ENV = "FRD_K8S_TRIAL_WORKERS"
+K8S_WORKERS_ENV = settings.FRD_K8S_TRIAL_WORKERS
 WORKER_LABEL = "frd-trial-worker"
 
 
@@ -84,7 +84,7 @@ class KubernetesWorkers:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "KubernetesWorkers | None":
         """The workers FRD_K8S_TRIAL_WORKERS describes, or None (unset: local worker processes)."""
-        return cls.from_json((os.environ if env is None else env).get(K8S_WORKERS_ENV, ""))
+        return cls.from_json(settings.k8s_trial_workers(env) or "")
 
     @classmethod
     def from_json(cls, text: str) -> "KubernetesWorkers | None":
@@ -101,15 +101,13 @@ class KubernetesWorkers:
                 "PersistentVolumeClaim of the trials folder, as deploy/helm/values.yaml does"
             ) from None
 
-    def run_trials(self, spec: Path, job: "SearchJob", *, storage_url: str, print_fn: Callable[[str], None]) -> None:
+    def run_trials(self, spec: Path, job: SearchJob, *, storage_url: str, print_fn: Callable[[str], None]) -> None:
         """Starts the Job (or joins the one an interrupted run left running) and waits until it has ended."""
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException
         from kubernetes.config.config_exception import ConfigException
 
-        from frd_assets.core.lora.study_storage import STORAGE_ENV
-
-        if os.environ.get(STORAGE_ENV) != storage_url:
+        if settings.optuna_storage() != storage_url:
             raise ValueError(
                 f"Kubernetes trial workers read the study's storage URL from {STORAGE_ENV} in the Secret(s) "
                 f"{', '.join(self.env_secrets)}, but this run uses another one; set {STORAGE_ENV} in the run's "
@@ -193,7 +191,7 @@ def worker_job_manifest(
             {
                 "name": "trial-worker",
                 "image": workers.image,
-                "command": ["python", "-m", "frd_assets.core.lora.worker", "--spec", str(spec), "--pool", "1"],
+                "command": ["python", "-m", pool.__name__, "--spec", str(spec), "--workers", "1"],
                 "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
                 "envFrom": [{"secretRef": {"name": name}} for name in workers.env_secrets],
                 "resources": {"requests": {"cpu": workers.cpu, "memory": workers.memory}, "limits": limits},

@@ -1,5 +1,7 @@
 """Optuna TPE search over LoRA rank, lora_alpha and learning rate, each trial in its own worker process
-(worker.py), n_workers at once on one study in RDB storage; the best adapter goes to a folder."""
+(worker.py), n_workers at once (pool.py) on one study in RDB storage; the best adapter goes to a folder.
+
+The search's types (SearchSpace, SearchSettings, N_TRIALS) live in job.py and are importable from here too."""
 
 from __future__ import annotations
 
@@ -11,117 +13,20 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from frd_assets.core.config_checks import SEED, Integer, Number, OneOf, check_fields, check_order, check_value
+from frd_assets.core.config_checks import check_value
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
-from frd_assets.core.lora.study_storage import engine_kwargs, hide_password, redacted
-from frd_assets.core.lora.trial import LORA_ALPHA, RANK, LoraHyperparams, TrainingConfig, evaluate_loss
+from frd_assets.core.lora.job import N_TRIALS, SearchJob, SearchSettings, SearchSpace, TrialWorkers
+from frd_assets.core.lora.pool import run_pool
+from frd_assets.core.lora.study_storage import hide_password, redacted
+from frd_assets.core.lora.trial import TrainingConfig, evaluate_loss
 from frd_assets.core.records import Record
 
-if TYPE_CHECKING:  # worker.py imports this module: the search reaches it only inside run_search
-    from frd_assets.core.lora.worker import TrialWorkers
-
-# Finished trials a study should hold, wherever the number comes from (lora_adapter's run config, LORA_N_TRIALS,
-# `frd tune --trials`): 20 hours of the tiny test model's trials at about 500 an hour, weeks of a real
-# model's, so only a typo goes past it.
-N_TRIALS = Integer(1, 10_000)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """rank and lora_alpha are searched independently (free, not tied): alpha/rank is the LoRA scale."""
-
-    rank_min: int = 4
-    rank_max: int = 64
-    alpha_min: int = 4
-    alpha_max: int = 128
-    lr_min: float = 1e-5
-    lr_max: float = 5e-3
-
-    def __post_init__(self) -> None:
-        check_fields(self, "search space", _SPACE_RULES)
-        check_order("search space", "rank_min", self.rank_min, "rank_max", self.rank_max)
-        check_order("search space", "alpha_min", self.alpha_min, "alpha_max", self.alpha_max)
-        check_order("search space", "lr_min", self.lr_min, "lr_max", self.lr_max)
-
-    def suggest(self, trial) -> LoraHyperparams:
-        return LoraHyperparams(
-            rank=trial.suggest_int("rank", self.rank_min, self.rank_max, log=True),
-            lora_alpha=trial.suggest_int("lora_alpha", self.alpha_min, self.alpha_max, log=True),
-            learning_rate=trial.suggest_float("learning_rate", self.lr_min, self.lr_max, log=True),
-        )
-
-
-# The same ranges as LoraHyperparams: every point of the space must be a valid trial.
-_SPACE_RULES = {
-    "rank_min": RANK,
-    "rank_max": RANK,
-    "alpha_min": LORA_ALPHA,
-    "alpha_max": LORA_ALPHA,
-    "lr_min": Number(0, 1, low_open=True, high_open=True),
-    "lr_max": Number(0, 1, low_open=True, high_open=True),
-}
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How the study searches: sampler warm-up, pruning, and how a dead worker's trial is recovered."""
-
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    pruner_startup_trials: int = 2  # trials that finish unpruned before the median pruner judges others
-    n_startup_trials: int | None = None  # TPE's random warm-up; None: n_trials // 3, between 1 and 10
-    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
-    grace_period: int = 30  # a RUNNING trial silent this long is failed (its process died) and retried once
-    seed: int = 0
-    # Trial processes at once; every trial runs in a fresh process. With GPUs, worker i gets GPU i mod count
-    # (so: one per GPU); on CPU each gets an even share of the thread budget (FRD_TORCH_THREADS).
-    n_workers: int = 1
-
-    def __post_init__(self) -> None:
-        check_fields(self, "search settings", _SETTINGS_RULES)
-        check_order(
-            "search settings", "heartbeat_interval", self.heartbeat_interval, "grace_period", self.grace_period,
-            strict=True,
-        )
-
-    def make_pruner(self):
-        import optuna
-
-        if self.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup_trials, n_warmup_steps=0)
-        if self.pruner == "hyperband":
-            return optuna.pruners.HyperbandPruner()
-        return optuna.pruners.NopPruner()
-
-    def make_sampler(self, n_trials: int, *, seed: int):
-        """TPE seeded with `seed`: each trial process gets its own, or every fresh process would draw the
-        same random start points."""
-        import optuna
-
-        # TPE samples at random for n_startup_trials (10 by default): scale it down so a short search is
-        # still Bayesian after its first few trials.
-        startup = self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, n_trials // 3))
-        return optuna.samplers.TPESampler(
-            multivariate=True,
-            seed=seed,
-            n_startup_trials=startup,
-            # With trials running side by side, count the running ones as bad results so that the workers
-            # do not all sample next to the same promising point (Optuna's advice for parallel TPE).
-            constant_liar=self.n_workers > 1,
-        )
-
-
-_SETTINGS_RULES = {
-    "pruner": OneOf(("median", "hyperband", "none")),
-    "pruner_startup_trials": Integer(0, N_TRIALS.high),
-    "n_startup_trials": Integer(0, N_TRIALS.high, optional=True),
-    "heartbeat_interval": Integer(1, 3600),
-    "grace_period": Integer(1, 86_400),  # a day: a trial process silent longer than that is gone
-    "seed": SEED,
-    "n_workers": Integer(1, 1024),
-}
-
+__all__ = [
+    "N_TRIALS", "SearchResult", "SearchSettings", "SearchSpace", "StudyStorageError", "history_markdown",
+    "run_search", "study_name_for", "trial_table",
+]
 
 @dataclass
 class SearchResult:
@@ -146,38 +51,6 @@ def study_name_for(dataset_id: str, base_model: str, *, inputs: Mapping[str, Any
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         name = f"{name}-{digest[:12]}"
     return name
-
-
-def study_storage(url: str, settings: SearchSettings):
-    """The study's RDB storage, shared by the search and every trial worker."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    if url.startswith("sqlite"):
-        _use_wal(url)  # readers go on while one trial process writes
-    # Heartbeats mark a trial whose process died as failed; the callback queues it again once.
-    return RDBStorage(
-        url,
-        heartbeat_interval=settings.heartbeat_interval,
-        grace_period=settings.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        engine_kwargs=engine_kwargs(url),
-    )
-
-
-def _use_wal(url: str) -> None:
-    """Switches an SQLite file to write-ahead logging. The mode is kept in the file, so after the first call
-    this only confirms it; every process that opens the storage calls it, whoever created the file."""
-    import sqlite3
-    from contextlib import closing
-
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:":
-        return
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(database, timeout=60)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
 
 
 class StudyStorageError(RuntimeError):
@@ -226,12 +99,11 @@ def _search(
     """Runs (or continues) the study until it holds n_trials finished trials; writes the best adapter to out_dir.
 
     Every trial runs in its own process (see worker.py): settings.n_workers at once, started as local
-    processes, or by `workers` (KubernetesWorkers: pods). This process only prepares the data, measures the
+    processes (pool.py), or by `workers` (KubernetesWorkers: pods). This process only prepares the data, measures the
     base model once per study, and copies the best trial's adapter when the study is done.
     """
     import optuna
 
-    from frd_assets.core.lora.worker import SearchJob, run_pool
     from frd_assets.core.models import load_tokenizer
 
     training = training or TrainingConfig()
@@ -251,7 +123,7 @@ def _search(
     # trials (worker.py loads it with both).
     study = optuna.create_study(
         study_name=study_name,
-        storage=study_storage(storage_url, settings),
+        storage=settings.storage(storage_url),
         direction="minimize",
         load_if_exists=True,
     )

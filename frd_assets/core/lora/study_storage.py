@@ -1,17 +1,20 @@
-"""Where the Optuna studies live: one answer for lora_adapter, `frd tune`, the trial workers and `frd dashboard`.
+"""Where the Optuna studies live and how they are opened: one answer for lora_adapter, `frd tune`, the trial
+workers and `frd dashboard`.
 
 A dashboard opened on another storage than the search writes to shows an empty list and no error, so
-the fallback lives here, once, beside the variable core/settings.py names. The URL may hold a
-database password: whatever prints or logs it uses `redacted`.
+the fallback lives here, once, beside the variable core/settings.py reads. The URL may hold a
+database password: whatever prints or logs it uses `redacted`. The search, its pool and every trial worker
+open the storage with `rdb_storage`, so they agree on the engine options, the heartbeat and the retry.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 from frd_assets.core import settings
 
-STORAGE_ENV = settings.OPTUNA_STORAGE  # the trial workers read the URL from it too (worker.py)
+STORAGE_ENV = settings.OPTUNA_STORAGE  # the pool passes the URL to its trial workers in it (pool.py)
 
 
 def default_storage_url(env: Mapping[str, str] | None = None) -> str:
@@ -24,7 +27,7 @@ def default_storage_url(env: Mapping[str, str] | None = None) -> str:
 def study_storage_url(env: Mapping[str, str] | None = None) -> str:
     """$OPTUNA_STORAGE (read as core/settings.py reads every variable), else the SQLite file of
     `default_storage_url`. The value is a secret: print `redacted(url)`, never the URL."""
-    return settings.secret(STORAGE_ENV, env) or default_storage_url(env)
+    return settings.optuna_storage(env) or default_storage_url(env)
 
 
 def engine_kwargs(url: str) -> dict:
@@ -35,6 +38,50 @@ def engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}
     return kwargs
+
+
+def rdb_storage(url: str, *, heartbeat_interval: int, grace_period: int):
+    """The study's RDB storage: a RUNNING trial whose heartbeat stops for grace_period is failed and queued
+    again once (`requeue_once`)."""
+    from optuna.storages import RDBStorage
+
+    if url.startswith("sqlite"):
+        _use_wal(url)  # readers go on while one trial process writes
+    return RDBStorage(
+        url,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        heartbeat_stale_trial_callback=_retry_once(),
+        engine_kwargs=engine_kwargs(url),
+    )
+
+
+def _retry_once():
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def requeue_once(study, trial) -> None:
+    """Queues a FAILED trial again with the same parameters, unless it was a retry already: what the storage
+    does for a trial whose heartbeat went stale, for a trial whose process the pool saw die."""
+    _retry_once()(study, trial)
+
+
+def _use_wal(url: str) -> None:
+    """Switches an SQLite file to write-ahead logging. The mode is kept in the file, so after the first call
+    this only confirms it; every process that opens the storage calls it, whoever created the file."""
+    import sqlite3
+    from contextlib import closing
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(database, timeout=60)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def redacted(url: str) -> str:
