@@ -24,14 +24,12 @@ from frd_assets.core.evaluation import JUDGE_PROMPT_VERSION, eval_tasks_from_rec
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import generate
 from frd_assets.core.held_out import (
-    HELD_OUT,
-    TRAIN,
     Split,
     eval_records,
-    is_held_out,
-    mark,
+    is_test,
     partition,
     split_held_out,
+    split_with_uploaded_test,
 )
 from frd_assets.core.language import SeedLanguage, detect_seed_language
 from frd_assets.core.lora.search import StudyStorageError, history_markdown, run_search, study_name_for
@@ -113,6 +111,9 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
         metadata={
             "records": len(rows),
             "held_out": len(split.held_out),
+            # Records of each part: validation steers lora_adapter's search, test is adapter_evaluation's.
+            "validation_records": len(split.validation),
+            "test_records": len(split.test),
             "held_out_note": split.note,
             "held_out_source": held_out_source,
             "formats": ", ".join(formats),
@@ -161,7 +162,8 @@ def _seed_source(context: AssetExecutionContext, uuid: str) -> str:
 
 
 def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split, str]:
-    """The uploaded evaluation set when there is one (all seed tasks then train), else a seeded split."""
+    """The uploaded evaluation set as the test part when there is one (validation from the seed), else a
+    seeded split of the seed into train, validation and test."""
     uploaded = read_eval_set(s, uuid)
     if uploaded is None:
         return split_held_out(records, config.core()), "split"
@@ -171,9 +173,8 @@ def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split
         tasks, skipped = load_eval_tasks(data, name)
     except ValueError as exc:
         raise SeedFormatError(name, None, str(exc)) from None
-    held = [mark(r, HELD_OUT) for r in eval_records(tasks, name)]
-    note = f"{len(held)} tasks from the uploaded evaluation set ({skipped} without a reference skipped)"
-    return Split([mark(r, TRAIN) for r in records], held, note), name
+    split = split_with_uploaded_test(records, eval_records(tasks, name), config.core())
+    return dataclasses.replace(split, note=f"{split.note} ({skipped} without a reference skipped)"), name
 
 
 @asset(
@@ -435,7 +436,8 @@ def adapter_evaluation(
     bootstrap interval, and a pairwise judge asked in both orders when one is configured."""
     uuid = partition_dataset_id(context.partition_key, asset=ADAPTER_EVALUATION)
     apply_thread_budget()
-    held_out = [r for r in rows_to_records(seed_dataset) if is_held_out(r)]
+    # The test part only: the validation part chose the adapter, so its figure would flatter it.
+    held_out = [r for r in rows_to_records(seed_dataset) if is_test(r)]
     if not held_out:
         raise Failure(
             f"dataset {uuid} has no held-out tasks to evaluate on (fewer than 10 seed tasks with a reference, "

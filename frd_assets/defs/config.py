@@ -45,6 +45,7 @@ class SeedRunConfig(Config):
     """How seed_dataset sets tasks aside for evaluation (ignored when an evaluation set was uploaded)."""
 
     held_out_fraction: float = _HELD_OUT.held_out_fraction
+    validation_fraction: float = _HELD_OUT.validation_fraction
     seed: int = _HELD_OUT.seed
 
     @model_validator(mode="after")
