@@ -610,10 +610,13 @@ def cmd_demo(args) -> int:
         return 1
     print(f"best hyperparameters: {adapter['best_params']}")
     print(f"eval loss: {adapter['best_eval_loss']:.4f} (base model {adapter['base_eval_loss']:.4f})")
+    if isinstance(adapter.get("best_validation_loss"), float):  # "-" when the seed gave no validation tasks
+        print(f"validation: loss {adapter['best_validation_loss']:.4f} (base model "
+              f"{adapter['base_validation_loss']:.4f}, n={adapter['validation_records']}): {adapter['verdict']}")
     store = _store()
     evaluation = meta(names.ADAPTER_EVALUATION)
     if evaluation:
-        print(held_out_summary(evaluation))
+        print(f"test: {held_out_summary(evaluation)}")
         report = json.loads(versions.read(store, versions.current(store, *asset_location(names.ADAPTER_EVALUATION,
                                                                                            dataset_id)), "report.json"))
         for i, sample in enumerate(report["samples"][:2], start=1):

@@ -69,6 +69,9 @@ def test_demo_runs_the_chain_and_ends_with_a_loadable_adapter(local_env, tiny_mo
     lines = out.stdout.strip().splitlines()
     assert "verdict: READY_FOR_FINE_TUNING" in lines
     assert any(line.startswith("best hyperparameters: {") for line in lines)
+    # The validation figure (what chose the adapter) and the test figure (what nothing was chosen on) apart.
+    assert any(line.startswith("validation: loss ") for line in lines)
+    assert any(line.startswith("test: held-out ROUGE-L base ") for line in lines)
     assert lines[-1].startswith("adapter: ")
     folder = Path(lines[-1].removeprefix("adapter: "))
     assert folder.is_relative_to(tmp_path / "store" / "lora-adapters")

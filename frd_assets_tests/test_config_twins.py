@@ -15,6 +15,7 @@ import pytest
 from frd_assets.core.evaluation import EvaluationConfig
 from frd_assets.core.generation.self_instruct import GenerationConfig
 from frd_assets.core.held_out import HeldOutConfig
+from frd_assets.core.lora.real_tasks import RealTaskConfig
 from frd_assets.core.lora.search import SearchSettings, SearchSpace
 from frd_assets.core.lora.trial import TrainingConfig
 from frd_assets.core.validation import ValidationConfig
@@ -44,6 +45,7 @@ TWINS = [
     (LoraRunConfig, TrainingConfig, lambda c: c.training()),
     (LoraRunConfig, SearchSpace, lambda c: c.space()),
     (LoraRunConfig, SearchSettings, lambda c: c.settings()),
+    (LoraRunConfig, RealTaskConfig, lambda c: c.real_tasks()),
 ]
 
 

@@ -21,7 +21,8 @@ def test_definitions_load_with_five_partitioned_assets_job_and_sensor():
     for key in keys:
         node = graph.get(AssetKey(key))
         assert node.partitions_def.name == "dataset_uuid"
-    assert graph.get(AssetKey("lora_adapter")).parent_keys == {AssetKey("validated_dataset")}
+    # lora_adapter reads the seed too: its seed tasks train and its validation tasks steer the search.
+    assert graph.get(AssetKey("lora_adapter")).parent_keys == {AssetKey("validated_dataset"), AssetKey("seed_dataset")}
     assert graph.get(AssetKey("adapter_evaluation")).parent_keys == {AssetKey("lora_adapter"), AssetKey("seed_dataset")}
     train = defs.resolve_job_def("train_adapter")
     assert {k.to_user_string() for k in train.asset_layer.executable_asset_keys} == {"lora_adapter",

@@ -7,7 +7,7 @@ from dagster import AssetKey, materialize
 
 from frd_assets.core.generation.self_instruct import GenerationConfig, generate
 from frd_assets.core.generation.teachers import Completion, TransformersTeacher
-from frd_assets.core.held_out import HeldOutConfig, is_held_out, partition, split_held_out
+from frd_assets.core.held_out import HeldOutConfig, is_held_out, is_test, partition, split_held_out
 from frd_assets.core.records import Record, parse_seed, rows_to_records
 from frd_assets.defs.assets import seed_dataset
 from frd_assets.defs.io_managers import StoreIOManager
@@ -120,6 +120,8 @@ def test_seed_dataset_marks_the_held_out_tasks_or_takes_an_uploaded_evaluation_s
     assert main(["seed", "upload", str(seed_file), "--uuid", eval_id, "--eval", str(eval_file)]) == 0
     meta, records = run(eval_id)
     train, held = partition(records)
-    assert [r.output for r in held] == ["Paris", "5"] and len(train) == 42
+    # The uploaded set is the test part; 4 of the 42 seed tasks (0.2 x 0.5) are the validation part.
+    assert [r.output for r in held if is_test(r)] == ["Paris", "5"] and len(train) == 38
+    assert meta["validation_records"] == 4 and meta["test_records"] == 2
     assert meta["held_out_source"].endswith(f"{eval_id}.eval.jsonl")
     assert "1 without a reference" in meta["held_out_note"]

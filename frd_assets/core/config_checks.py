@@ -98,6 +98,16 @@ class Number:
 
 
 @dataclass(frozen=True)
+class Boolean:
+    """true or false; not 0, 1 or "true", which a launchpad or JSON typo carries as easily."""
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise _Refused("true or false")
+        return value
+
+
+@dataclass(frozen=True)
 class OneOf:
     options: tuple[str, ...]
 

@@ -24,14 +24,12 @@ from frd_assets.core.evaluation import JUDGE_PROMPT_VERSION, eval_tasks_from_rec
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import generate
 from frd_assets.core.held_out import (
-    HELD_OUT,
-    TRAIN,
     Split,
     eval_records,
-    is_held_out,
-    mark,
+    is_test,
     partition,
     split_held_out,
+    split_with_uploaded_test,
 )
 from frd_assets.core.language import SeedLanguage, detect_seed_language
 from frd_assets.core.lora.search import StudyStorageError, history_markdown, run_search, study_name_for
@@ -113,6 +111,9 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
         metadata={
             "records": len(rows),
             "held_out": len(split.held_out),
+            # Records of each part: validation steers lora_adapter's search, test is adapter_evaluation's.
+            "validation_records": len(split.validation),
+            "test_records": len(split.test),
             "held_out_note": split.note,
             "held_out_source": held_out_source,
             "formats": ", ".join(formats),
@@ -161,7 +162,8 @@ def _seed_source(context: AssetExecutionContext, uuid: str) -> str:
 
 
 def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split, str]:
-    """The uploaded evaluation set when there is one (all seed tasks then train), else a seeded split."""
+    """The uploaded evaluation set as the test part when there is one (validation from the seed), else a
+    seeded split of the seed into train, validation and test."""
     uploaded = read_eval_set(s, uuid)
     if uploaded is None:
         return split_held_out(records, config.core()), "split"
@@ -171,9 +173,8 @@ def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split
         tasks, skipped = load_eval_tasks(data, name)
     except ValueError as exc:
         raise SeedFormatError(name, None, str(exc)) from None
-    held = [mark(r, HELD_OUT) for r in eval_records(tasks, name)]
-    note = f"{len(held)} tasks from the uploaded evaluation set ({skipped} without a reference skipped)"
-    return Split([mark(r, TRAIN) for r in records], held, note), name
+    split = split_with_uploaded_test(records, eval_records(tasks, name), config.core())
+    return dataclasses.replace(split, note=f"{split.note} ({skipped} without a reference skipped)"), name
 
 
 @asset(
@@ -329,7 +330,8 @@ def validated_dataset(
         AssetCheckSpec(
             BEATS_BASE_CHECK,
             asset=LORA_ADAPTER,
-            description="The adapter's held-out eval loss is below the base model's (a warning otherwise).",
+            description="The best adapter's validation-task loss is below the base model's (its teacher-text "
+            "eval loss where the seed gave no validation tasks, or objective teacher_text); a warning otherwise.",
         )
     ],
 )
@@ -338,9 +340,14 @@ def lora_adapter(
     config: LoraRunConfig,
     lora: LoraResource,
     store: StoreResource,
+    seed_dataset: DatasetRows,
     validated_dataset: DatasetRows,
 ):
     """peft LoRA tuned by an Optuna TPE search over rank, lora_alpha and learning rate; the best adapter.
+
+    It trains on the validated records and the user's seed tasks that are not held out, and the search
+    minimises the loss on the seed's validation tasks (core/lora/real_tasks.py); the base model is the
+    candidate to beat.
 
     Store errors are retried (RetryPolicy): the study resumes from its database, so a retry only redoes
     the unfinished trial and the upload. A rejected dataset is not retried."""
@@ -351,10 +358,11 @@ def lora_adapter(
     if problem:
         raise Failure(f"{problem}; no adapter is built from a rejected dataset", allow_retries=False)
     base_model = config.base_model or lora.base_model
-    training, space = config.training(), config.space()
+    training, space, real_tasks = config.training(), config.space(), config.real_tasks()
     study = study_name_for(uuid, base_model, inputs={
         "data_version": validated_dataset.version.version, "training": dataclasses.asdict(training),
-        "space": dataclasses.asdict(space)})
+        "space": dataclasses.asdict(space), "seed_version": seed_dataset.version.version,
+        "real_tasks": dataclasses.asdict(real_tasks)})
     work_dir = lora.trials_dir() / study
     # The study lives in RDB storage under a name made from the UUID, the base model and a hash of the data
     # version and the training config: a retried or re-launched materialization of the same data continues
@@ -375,14 +383,22 @@ def lora_adapter(
             settings=search_settings,
             workers=lora.trial_workers(),
             print_fn=context.log.info,
+            seed_records=rows_to_records(seed_dataset),
+            real_tasks=real_tasks,
         )
     except StudyStorageError as exc:
         # A retry meets the same lost database; the message says what to fix, and a new launch resumes.
         raise Failure(str(exc), allow_retries=False) from None
     improvement = result.base_eval_loss - result.best_eval_loss
-    inputs = {VALIDATED_DATASET: validated_dataset.version.version, "base_model": base_model}
+    if result.beats_base:
+        context.log.info(result.verdict())
+    else:
+        context.log.warning(result.verdict())
+    inputs = {VALIDATED_DATASET: validated_dataset.version.version, SEED_DATASET: seed_dataset.version.version,
+              "base_model": base_model}
     yield Output(
-        AdapterFolder(result.adapter_dir, meta={"base_model": base_model, "study": study, INPUTS: inputs}),
+        AdapterFolder(result.adapter_dir, meta={"base_model": base_model, "study": study, INPUTS: inputs,
+                                                "beats_base_model": result.beats_base}),
         metadata={
             INPUTS: MetadataValue.json(inputs),
             "base_model": base_model,
@@ -391,6 +407,15 @@ def lora_adapter(
             "best_eval_loss": result.best_eval_loss,
             "base_eval_loss": result.base_eval_loss,
             "eval_loss_improvement": improvement,
+            # What the search minimised, and the base model against the best adapter on the validation tasks.
+            "objective": result.objective,
+            "objective_note": result.objective_note,
+            "base_validation_loss": _or_none(result.base_validation_loss),
+            "best_validation_loss": _or_none(result.best_validation_loss),
+            "beats_base_model": result.beats_base,
+            "verdict": result.verdict(),
+            "seed_task_records": result.seed_task_records,
+            "validation_records": result.validation_records,
             "trials": MetadataValue.md(history_markdown(result.trials)),
             "n_trials": len(result.trials),
             "n_workers": search_settings.n_workers,
@@ -400,10 +425,17 @@ def lora_adapter(
     )
     yield AssetCheckResult(
         check_name=BEATS_BASE_CHECK,
-        passed=improvement > 0,
+        passed=result.beats_base,
         severity=AssetCheckSeverity.WARN,
-        metadata={"best_eval_loss": result.best_eval_loss, "base_eval_loss": result.base_eval_loss},
+        metadata={"objective": result.objective, "best": result.best_value, "base": result.base_value,
+                  "verdict": result.verdict(), "best_eval_loss": result.best_eval_loss,
+                  "base_eval_loss": result.base_eval_loss},
     )
+
+
+def _or_none(value: float | None):
+    """Dagster metadata takes no None float: "-" where there was no validation task to measure."""
+    return "-" if value is None else value
 
 
 @asset(
@@ -435,7 +467,8 @@ def adapter_evaluation(
     bootstrap interval, and a pairwise judge asked in both orders when one is configured."""
     uuid = partition_dataset_id(context.partition_key, asset=ADAPTER_EVALUATION)
     apply_thread_budget()
-    held_out = [r for r in rows_to_records(seed_dataset) if is_held_out(r)]
+    # The test part only: the validation part chose the adapter, so its figure would flatter it.
+    held_out = [r for r in rows_to_records(seed_dataset) if is_test(r)]
     if not held_out:
         raise Failure(
             f"dataset {uuid} has no held-out tasks to evaluate on (fewer than 10 seed tasks with a reference, "

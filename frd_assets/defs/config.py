@@ -21,6 +21,7 @@ from frd_assets.core.config_checks import OneOf, check_value
 from frd_assets.core.evaluation import EvaluationConfig
 from frd_assets.core.generation.self_instruct import GenerationConfig
 from frd_assets.core.held_out import HeldOutConfig
+from frd_assets.core.lora.real_tasks import RealTaskConfig
 from frd_assets.core.lora.search import N_TRIALS, SearchSettings, SearchSpace
 from frd_assets.core.lora.trial import TrainingConfig
 from frd_assets.core.names import (
@@ -39,12 +40,14 @@ _VALIDATION = ValidationConfig()
 _TRAINING = TrainingConfig()
 _SPACE = SearchSpace()
 _SETTINGS = SearchSettings()
+_REAL_TASKS = RealTaskConfig()
 
 
 class SeedRunConfig(Config):
     """How seed_dataset sets tasks aside for evaluation (ignored when an evaluation set was uploaded)."""
 
     held_out_fraction: float = _HELD_OUT.held_out_fraction
+    validation_fraction: float = _HELD_OUT.validation_fraction
     seed: int = _HELD_OUT.seed
 
     @model_validator(mode="after")
@@ -117,7 +120,8 @@ class ValidationRunConfig(Config):
 
 
 class LoraRunConfig(Config):
-    """TrainingConfig, SearchSpace and the sampler/pruner/worker fields of SearchSettings, plus two overrides."""
+    """TrainingConfig, SearchSpace, RealTaskConfig and the sampler/pruner/worker fields of SearchSettings, plus
+    two overrides."""
 
     base_model: Optional[str] = None  # overrides LORA_MODEL_NAME for this run
     n_trials: Optional[int] = None  # overrides LORA_N_TRIALS for this run
@@ -133,6 +137,14 @@ class LoraRunConfig(Config):
     # peft's per-architecture default (q_proj and v_proj on Llama).
     target_modules: Optional[list[str]] = ["all-linear"]
     weight_decay: float = _TRAINING.weight_decay
+    # Evaluations without a new best validation loss before a trial stops early; 0: never.
+    early_stopping_patience: int = _TRAINING.early_stopping_patience
+    # The user's seed tasks (not held out) join the training data, each seed_task_weight times.
+    include_seed_tasks: bool = _REAL_TASKS.include_seed_tasks
+    seed_task_weight: int = _REAL_TASKS.seed_task_weight
+    # "real_tasks": the search minimises the validation tasks' loss (teacher text where the seed has none);
+    # "teacher_text": the loss on a split of the generated records.
+    objective: str = _REAL_TASKS.objective
     rank_min: int = _SPACE.rank_min
     rank_max: int = _SPACE.rank_max
     alpha_min: int = _SPACE.alpha_min
@@ -150,6 +162,7 @@ class LoraRunConfig(Config):
         self.training()
         self.space()
         self.settings()
+        self.real_tasks()
         return self
 
     def training(self) -> TrainingConfig:
@@ -162,8 +175,13 @@ class LoraRunConfig(Config):
             lora_dropout=self.lora_dropout,
             target_modules=self.target_modules,
             weight_decay=self.weight_decay,
+            early_stopping_patience=self.early_stopping_patience,
             seed=self.seed,
         )
+
+    def real_tasks(self) -> RealTaskConfig:
+        return RealTaskConfig(include_seed_tasks=self.include_seed_tasks, seed_task_weight=self.seed_task_weight,
+                              objective=self.objective)
 
     def space(self) -> SearchSpace:
         return SearchSpace(

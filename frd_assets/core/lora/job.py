@@ -137,6 +137,8 @@ class SearchJob:
     settings: SearchSettings
     train: tuple[Example, ...]
     evals: tuple[Example, ...]
+    # The user's validation tasks (core/lora/real_tasks.py): when given, their loss is the trial's value.
+    validation: tuple[Example, ...] = ()
 
     def write(self, path: Path) -> None:
         # Written beside and renamed over: a worker starting meanwhile reads the old file or the new one.
@@ -154,6 +156,7 @@ class SearchJob:
             settings=SearchSettings(**data["settings"]),
             train=tuple(Example(**e) for e in data["train"]),
             evals=tuple(Example(**e) for e in data["evals"]),
+            validation=tuple(Example(**e) for e in data["validation"]),
         )
 
 

@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from frd_assets.core.config_checks import check_value
+from frd_assets.core.held_out import is_validation
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
 from frd_assets.core.lora.job import N_TRIALS, SearchJob, SearchSettings, SearchSpace, TrialWorkers
 from frd_assets.core.lora.pool import run_pool
+from frd_assets.core.lora.real_tasks import (
+    REAL_TASKS,
+    TEACHER_TEXT,
+    RealTaskConfig,
+    resolve_objective,
+    seed_training_records,
+)
 from frd_assets.core.lora.study_storage import hide_password, redacted
 from frd_assets.core.lora.trial import TrainingConfig, evaluate_loss
 from frd_assets.core.records import Record
@@ -39,6 +47,33 @@ class SearchResult:
     adapter_dir: Path
     train_records: int
     eval_records: int
+    # What the search minimised (core/lora/real_tasks.py) and the base model against the best adapter on it.
+    objective: str = TEACHER_TEXT
+    objective_note: str = ""
+    seed_task_records: int = 0  # of train_records: the user's seed tasks (each copy counted)
+    validation_records: int = 0
+    best_validation_loss: float | None = None
+    base_validation_loss: float | None = None
+
+    @property
+    def best_value(self) -> float:
+        return self.best_validation_loss if self.objective == REAL_TASKS else self.best_eval_loss
+
+    @property
+    def base_value(self) -> float:
+        return self.base_validation_loss if self.objective == REAL_TASKS else self.base_eval_loss
+
+    @property
+    def beats_base(self) -> bool:
+        return self.best_value < self.base_value
+
+    def verdict(self) -> str:
+        """One line: does the best adapter beat its base model on what the search minimised?"""
+        figure = "validation-task loss" if self.objective == REAL_TASKS else "teacher-text eval loss"
+        if self.beats_base:
+            return f"best adapter beats the base model on {figure}: {self.best_value:.4f} vs {self.base_value:.4f}"
+        return (f"no trial beat the base model on {figure} (base {self.base_value:.4f}, best adapter "
+                f"{self.best_value:.4f}): the adapter is stored but marked not better")
 
 
 def study_name_for(dataset_id: str, base_model: str, *, inputs: Mapping[str, Any] | None = None) -> str:
@@ -95,8 +130,13 @@ def _search(
     settings: SearchSettings | None = None,
     workers: TrialWorkers | None = None,
     print_fn: Callable[[str], None] = print,
+    seed_records: Sequence[Record] = (),
+    real_tasks: RealTaskConfig | None = None,
 ) -> SearchResult:
     """Runs (or continues) the study until it holds n_trials finished trials; writes the best adapter to out_dir.
+
+    seed_records: seed_dataset's rows; its trainable tasks join the training data and its validation tasks
+    are the objective, as real_tasks says (core/lora/real_tasks.py). Without them: records only, as before.
 
     Every trial runs in its own process (see worker.py): settings.n_workers at once, started as local
     processes (pool.py), or by `workers` (KubernetesWorkers: pods). This process only prepares the data, measures the
@@ -115,8 +155,17 @@ def _search(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     tokenizer = load_tokenizer(base_model)
     train_records, eval_records = split_records(records, eval_fraction=training.eval_fraction, seed=training.seed)
-    train = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in train_records]
+    # Seed tasks train only: the eval split stays teacher text, the second column of the trial table.
+    real_tasks = real_tasks or RealTaskConfig()
+    seed_train = seed_training_records(seed_records, real_tasks)
+    validation_records = [r for r in seed_records if is_validation(r)]
+    objective, objective_note = resolve_objective(real_tasks, len(validation_records))
+    print_fn(f"{objective_note}; {len(seed_train)} seed-task records join {len(train_records)} generated ones "
+             "in training")
+    train = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in train_records + seed_train]
     evals = [tokenize_record(tokenizer, r, max_length=training.max_length) for r in eval_records]
+    validation = ([tokenize_record(tokenizer, r, max_length=training.max_length) for r in validation_records]
+                  if objective == REAL_TASKS else [])
     pad_id = tokenizer.pad_token_id
 
     # No sampler or pruner here: they are not stored with the study, and only the trial workers ask it for
@@ -130,6 +179,11 @@ def _search(
     study.set_user_attr("base_model", base_model)
     base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=training.batch_size, pad_id=pad_id)
     print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
+    base_validation_loss = None
+    if validation:  # the base model is a candidate: measured once, kept in the study like the eval loss
+        base_validation_loss = _base_eval_loss(study, base_model, validation, batch_size=training.batch_size,
+                                               pad_id=pad_id, attr="base_validation_loss")
+        print_fn(f"base model validation loss {base_validation_loss:.4f} on {len(validation)} validation records")
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
@@ -138,6 +192,7 @@ def _search(
         job = SearchJob(
             study_name=study_name, base_model=base_model, n_trials=n_trials, work_dir=str(work_dir.resolve()),
             pad_id=pad_id, training=training, space=space, settings=settings, train=tuple(train), evals=tuple(evals),
+            validation=tuple(validation),
         )
         spec = work_dir / "search.json"
         job.write(spec)
@@ -165,18 +220,25 @@ def _search(
         study_name=study_name,
         base_model=base_model,
         best_params=dict(best.params),
-        best_eval_loss=float(best.value),
+        best_eval_loss=float(best.user_attrs.get("eval_loss", best.value)),
         base_eval_loss=base_eval_loss,
         trials=trials,
         adapter_dir=out_dir,
         train_records=len(train),
         eval_records=len(evals),
+        objective=objective,
+        objective_note=objective_note,
+        seed_task_records=len(seed_train),
+        validation_records=len(validation),
+        best_validation_loss=float(best.value) if objective == REAL_TASKS else best.user_attrs.get("validation_loss"),
+        base_validation_loss=base_validation_loss,
     )
     _write_adapter(best_dir, out_dir, result)
     return result
 
 
-def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_size: int, pad_id: int) -> float:
+def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_size: int, pad_id: int,
+                    attr: str = "base_eval_loss") -> float:
     """The base model's eval loss, kept in the study: a resumed search need not load the model here at all,
     and the trial workers never share a device with a model this process still holds."""
     import gc
@@ -187,22 +249,24 @@ def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_s
 
     # Keyed by model and eval tokens: a study continued on other data or another split measures again.
     key = hashlib.sha256(json.dumps([base_model, [e.input_ids for e in evals]]).encode()).hexdigest()[:16]
-    attrs = study.user_attrs
-    if attrs.get("base_eval_key") == key and attrs.get("base_eval_loss") is not None:
-        return float(attrs["base_eval_loss"])
+    attrs, key_attr = study.user_attrs, attr.replace("_loss", "_key")  # base_eval_key as studies stored it
+    if attrs.get(key_attr) == key and attrs.get(attr) is not None:
+        return float(attrs[attr])
     model = load_causal_lm(base_model, device=pick_device())
     loss = evaluate_loss(model, evals, batch_size=batch_size, pad_id=pad_id)
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    study.set_user_attr("base_eval_loss", loss)
-    study.set_user_attr("base_eval_key", key)
+    study.set_user_attr(attr, loss)
+    study.set_user_attr(key_attr, key)
     return loss
 
 
 def trial_table(study) -> list[dict]:
-    """Every trial in order with the best complete eval loss so far: the optimization history."""
+    """Every trial in order with the best complete value so far: the optimization history. "value" is what
+    the search minimised (the validation-task loss, or the eval loss under objective teacher_text);
+    "eval_loss" is always the loss on the generated records' eval split, the second column."""
     import optuna
 
     rows, best = [], None
@@ -214,7 +278,10 @@ def trial_table(study) -> list[dict]:
                 "number": t.number,
                 "state": t.state.name,
                 "params": t.params,
-                "eval_loss": t.value,
+                "value": t.value,
+                "eval_loss": t.user_attrs.get("eval_loss", t.value) if t.value is not None else None,
+                "validation_loss": t.user_attrs.get("validation_loss"),
+                "stopped_early": t.user_attrs.get("stopped_early"),
                 "best_so_far": best,
                 "steps": t.user_attrs.get("steps"),
                 "seconds": t.user_attrs.get("seconds"),
@@ -230,15 +297,17 @@ def trial_table(study) -> list[dict]:
 
 def history_markdown(trials: list[dict]) -> str:
     lines = [
-        "| trial | state | rank | lora_alpha | learning_rate | eval loss | best so far | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| trial | state | rank | lora_alpha | learning_rate | validation loss | eval loss | best so far | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
     for t in trials:
         p = t["params"]
         lines.append(
             f"| {t['number']} | {t['state']} | {p.get('rank', '-')} | {p.get('lora_alpha', '-')} | "
-            f"{fmt(p.get('learning_rate'), '.2e')} | {fmt(t['eval_loss'], '.4f')} | {fmt(t['best_so_far'], '.4f')} | "
+            f"{fmt(p.get('learning_rate'), '.2e')} | {fmt(t.get('validation_loss'), '.4f')}"
+            f"{' (stopped early)' if t.get('stopped_early') else ''} | {fmt(t['eval_loss'], '.4f')} | "
+            f"{fmt(t['best_so_far'], '.4f')} | "
             f"{fmt(t.get('seconds'), '.1f')} |"
         )
     return "\n".join(lines)
@@ -255,10 +324,8 @@ def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:
 
 
 def _best_row(result: SearchResult) -> dict:
-    """The trial table's row of the best trial: the first complete one with the best eval loss."""
-    return next(
-        (r for r in result.trials if r["state"] == "COMPLETE" and r["eval_loss"] == result.best_eval_loss), {}
-    )
+    """The trial table's row of the best trial: the first complete one with the best value."""
+    return next((r for r in result.trials if r["state"] == "COMPLETE" and r.get("value") == result.best_value), {})
 
 
 def _target_modules_line(row: dict) -> str:
@@ -275,6 +342,10 @@ def model_card(result: SearchResult) -> str:
     params = "\n".join(f"| {k} | {v} |" for k, v in result.best_params.items())
     params += f"\n| target_modules | {_target_modules_line(_best_row(result))} |"
     delta = result.base_eval_loss - result.best_eval_loss
+    validation = ""
+    if result.base_validation_loss is not None and result.best_validation_loss is not None:
+        validation = (f"| base model, validation tasks | {result.base_validation_loss:.4f} |\n"
+                      f"| with this adapter, validation tasks | {result.best_validation_loss:.4f} |\n")
     return f"""---
 library_name: peft
 base_model: {result.base_model}
@@ -282,20 +353,23 @@ tags: [lora, self-instruct, frd-assets]
 ---
 # LoRA adapter `{result.study_name}`
 
-Fine-tuned with peft LoRA on {result.train_records} records generated by the FRD.ai asset platform
-(Self-Instruct, validated READY_FOR_FINE_TUNING); {result.eval_records} held-out records for evaluation.
-Hyperparameters chosen by an Optuna TPE search over {len(result.trials)} trials (see `trials.json`).
+Fine-tuned with peft LoRA on {result.train_records} records: {result.train_records - result.seed_task_records} generated
+by the FRD.ai asset platform (Self-Instruct, validated READY_FOR_FINE_TUNING) and {result.seed_task_records} of the
+user's own seed tasks; {result.eval_records} generated records held out for the teacher-text eval loss.
+Hyperparameters chosen by an Optuna TPE search over {len(result.trials)} trials (see `trials.json`), minimising
+{result.objective_note or "the teacher-text eval loss"}.
+{result.verdict()}.
 
 | hyperparameter | value |
 | --- | --- |
 {params}
 
-| model | held-out eval loss |
+| model | loss (nats per response token) |
 | --- | --- |
-| base model | {result.base_eval_loss:.4f} |
-| with this adapter | {result.best_eval_loss:.4f} |
+{validation}| base model, generated eval records | {result.base_eval_loss:.4f} |
+| with this adapter, generated eval records | {result.best_eval_loss:.4f} |
 
-Improvement: {delta:+.4f} nats per response token. Built {datetime.now(timezone.utc).date().isoformat()}.
+Teacher-text improvement: {delta:+.4f} nats per response token. Built {datetime.now(timezone.utc).date().isoformat()}.
 
 ```python
 from peft import PeftModel

@@ -76,6 +76,9 @@ class TrainingConfig:
     # "v_proj"], or None for peft's per-architecture default (q_proj and v_proj on Llama).
     target_modules: str | tuple[str, ...] | None = ALL_LINEAR
     weight_decay: float = 0.0
+    # Evaluations in a row without a new best validation loss before a trial stops (and takes back its best
+    # weights: core/lora/early_stopping.py); 0: never. Only with validation tasks to read.
+    early_stopping_patience: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +94,7 @@ _TRAINING_RULES = {
     "lora_dropout": Number(0, 1, high_open=True),
     "target_modules": _TargetModules(),
     "weight_decay": Number(0, 1),
+    "early_stopping_patience": Integer(0, 1000),  # as evals_per_trial: more evaluations than that never happen
     "seed": SEED,
 }
 
@@ -106,6 +110,16 @@ class TrialResult:
     error: str = ""
     target_modules: str | list[str] | None = None  # the setting, as TrainingConfig had it
     adapted_modules: list[str] = field(default_factory=list)  # what peft made of it: module names, sorted
+    # With validation tasks: their loss (what the search minimises), its history, and early stopping's record.
+    validation_loss: float | None = None
+    validation_history: list[tuple[int, float]] = field(default_factory=list)
+    stopped_early: bool = False  # patience ran out before the last step
+    best_step: int | None = None  # the step whose weights the trial kept (the best validation loss)
+
+    @property
+    def objective_loss(self) -> float | None:
+        """What the search minimises: the validation loss where there are validation tasks, else the eval loss."""
+        return self.validation_loss if self.validation_history else self.eval_loss
 
     @property
     def tokens_per_second(self) -> float:
@@ -166,10 +180,16 @@ def run_trial(
     report: Callable[[int, float], None] | None = None,
     save_dir: Path | None = None,
     print_fn: Callable[[str], None] = print,
+    validation: Sequence[Example] = (),
 ) -> TrialResult:
-    """Trains LoRA on base_model, evaluates, optionally saves the adapter, and leaves base_model unchanged."""
+    """Trains LoRA on base_model, evaluates, optionally saves the adapter, and leaves base_model unchanged.
+
+    With validation examples (the user's validation tasks) each evaluation measures them too; `report` gets
+    their loss instead of the eval loss, the trial stops early on it and keeps its best weights."""
     import torch
     from peft import LoraConfig, get_peft_model
+
+    from frd_assets.core.lora.early_stopping import EarlyStopping
 
     torch.manual_seed(config.seed)
     # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
@@ -195,11 +215,26 @@ def run_trial(
         adapted_modules=adapted_module_names(model),
     )
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    stopper = EarlyStopping(config.early_stopping_patience)
+
+    def measure(peft_model, step: int) -> float:
+        """Evaluates at this step; returns the figure the search reads (validation loss where there is one)."""
+        ev = evaluate_loss(peft_model, evals, batch_size=config.batch_size, pad_id=pad_id)
+        result.eval_history.append((step, ev))
+        if not validation:
+            return ev
+        val = evaluate_loss(peft_model, validation, batch_size=config.batch_size, pad_id=pad_id)
+        result.validation_history.append((step, val))
+        stopper.update(peft_model, step, val)
+        return val
+
     t0 = time.perf_counter()
     try:
         model.train()
         step = 0
         for epoch in range(config.epochs):
+            if stopper.should_stop:
+                break
             for batch in batches(train, config.batch_size, pad_id, shuffle_seed=config.seed + epoch):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -212,24 +247,40 @@ def run_trial(
                 result.steps = step
                 result.train_tokens += int(batch["attention_mask"].sum())
                 if step % eval_every == 0 and step < total_steps:
-                    ev = evaluate_loss(model, evals, batch_size=config.batch_size, pad_id=pad_id)
-                    result.eval_history.append((step, ev))
-                    print_fn(f"  step {step}/{total_steps}: train loss {loss.item():.4f}, eval loss {ev:.4f}")
+                    figure = measure(model, step)
+                    shown = f", validation loss {figure:.4f}" if validation else ""
+                    print_fn(f"  step {step}/{total_steps}: train loss {loss.item():.4f}, "
+                             f"eval loss {result.eval_history[-1][1]:.4f}{shown}")
                     if report:
-                        report(step, ev)
+                        report(step, figure)
+                    if stopper.should_stop:
+                        result.stopped_early = True
+                        print_fn(f"  stopped early at step {step}: validation loss not below {stopper.best_loss:.4f} "
+                                 f"(step {stopper.best_step}) for {stopper.patience} evaluations")
+                        break
         result.seconds = time.perf_counter() - t0
-        result.eval_loss = evaluate_loss(model, evals, batch_size=config.batch_size, pad_id=pad_id)
-        result.eval_history.append((step, result.eval_loss))
+        if not result.stopped_early:
+            measure(model, step)
+        result.eval_loss = result.eval_history[-1][1]
+        if validation:
+            # Keep the best evaluation's weights, and report that evaluation's figures: they are the adapter's.
+            stopper.restore_best(model)
+            result.best_step = stopper.best_step
+            best = dict(result.validation_history)
+            result.validation_loss = best.get(stopper.best_step, result.validation_history[-1][1])
+            result.eval_loss = dict(result.eval_history).get(stopper.best_step, result.eval_loss)
         if save_dir is not None:
             model.save_pretrained(str(save_dir), safe_serialization=True)
     except Pruned:
         result.status = "pruned"
         result.eval_loss = result.eval_history[-1][1] if result.eval_history else None
+        result.validation_loss = result.validation_history[-1][1] if result.validation_history else None
     except torch.OutOfMemoryError as exc:
         # Keep what was learned so far: the search records the trial as failed, not the whole run.
         result.status, result.error = "oom", str(exc)[:500]
     finally:
         result.seconds = result.seconds or time.perf_counter() - t0
+        stopper.release()
         model.unload()  # takes the LoRA layers out again; base weights were never changed
         del model, optimizer, params
         gc.collect()

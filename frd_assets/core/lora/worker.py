@@ -85,8 +85,9 @@ def recorded(running: list) -> list:
 def trial_objective(trial, *, job: SearchJob, model, identity: dict, print_fn: Callable[[str], None]) -> float:
     """One trial of the study: suggest hyperparameters, train with pruning reports, record the result.
 
-    Returns the eval loss; raises optuna.TrialPruned when pruned and RuntimeError when training failed (the
-    study records a FAILED trial and the pool goes on)."""
+    Returns the validation loss where the job has validation tasks, else the eval loss; raises
+    optuna.TrialPruned when pruned and RuntimeError when training failed (the study records a FAILED trial
+    and the pool goes on)."""
     import optuna
     import torch
 
@@ -105,20 +106,22 @@ def trial_objective(trial, *, job: SearchJob, model, identity: dict, print_fn: C
 
     result = run_trial(
         model, job.train, job.evals, hp, job.training, pad_id=job.pad_id, report=report, save_dir=save_dir,
-        print_fn=print_fn,
+        print_fn=print_fn, validation=job.validation,
     )
     for key, value in result.to_dict().items():
         if key != "eval_history":
             trial.set_user_attr(key, value)
     trial.set_user_attr("adapter_dir", str(save_dir))
     trial.set_user_attr("peak_rss_mb", round(peak_rss_mb(), 1))
-    print_fn(f"trial {trial.number}: {result.status}, eval loss {result.eval_loss}, "
+    shown = f", validation loss {result.validation_loss}" if job.validation else ""
+    print_fn(f"trial {trial.number}: {result.status}, eval loss {result.eval_loss}{shown}, "
              f"{result.tokens_per_second:.0f} train tok/s")
     if result.status == "pruned":
         raise optuna.TrialPruned()
-    if result.status != "ok" or result.eval_loss is None or not torch.isfinite(torch.tensor(result.eval_loss)):
+    value = result.objective_loss
+    if result.status != "ok" or value is None or not torch.isfinite(torch.tensor(value)):
         raise RuntimeError(f"trial {trial.number} {result.status}: {result.error or 'non-finite eval loss'}")
-    return result.eval_loss
+    return value
 
 
 def run_one_trial(job: SearchJob, storage_url: str, *, sampler_seed: int, print_fn: Callable[[str], None] = print):
