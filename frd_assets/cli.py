@@ -317,8 +317,6 @@ def cmd_evaluate(args) -> int:
 
     from frd_assets.core.evaluation import (
         EvaluationConfig,
-        base_model_for_adapter,
-        check_adapter_dir,
         check_task_count,
         evaluate_adapter,
         judge_settings_from_env,
@@ -326,6 +324,7 @@ def cmd_evaluate(args) -> int:
         make_judge,
     )
     from frd_assets.core.generation.openai_teacher import TeacherError
+    from frd_assets.core.lora.adapter import base_model_for_adapter, check_adapter_dir
     from frd_assets.core.models import resolve_model
 
     # With --json, stdout holds the one JSON object; progress goes to stderr.

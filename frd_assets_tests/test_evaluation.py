@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from frd_assets.cli import main
+from frd_assets.core.chat_format import prompt_text, user_message
 from frd_assets.core.config_checks import ConfigError
 from frd_assets.core.evaluation import (
     REPORT_KEYS,
-    AdapterError,
     EvalTask,
     EvaluationConfig,
     TaskFileError,
-    base_model_for_adapter,
     eval_tasks_from_records,
     evaluate_adapter,
     generate_answers,
@@ -37,7 +36,7 @@ from frd_assets.core.evaluation.stats import (
 )
 from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teachers import SamplingParams, TransformersTeacher
-from frd_assets.core.lora.data import user_message
+from frd_assets.core.lora.adapter import AdapterError, base_model_for_adapter
 from frd_assets.core.metrics.rouge_l import rouge_l_f
 from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import parse_seed
@@ -244,19 +243,17 @@ def test_base_answers_are_the_base_models_own_and_the_adapter_changes_them(tiny_
 
 
 def test_tasks_are_shown_in_the_prompt_the_adapter_was_trained_on(tiny_model_dir, adapter_dir):
-    from frd_assets.core.evaluation.answers import AnswerModel, _TaskPrompt
-    from frd_assets.core.lora.data import prompt_text
+    from frd_assets.core.evaluation.answers import AnswerModel
 
     model = AnswerModel(str(tiny_model_dir), adapter_dir)
     task = EvalTask("t", "Rewrite the sentence.", "The cat sat.", "The cat was sitting.")
-    prompt = _TaskPrompt(({"role": "user", "content": user_message(task.as_record())},), task=task)
+    chat = ChatPrompt(({"role": "user", "content": user_message(task.as_record())},))
     # With a chat template: the template, exactly as the teacher renders the same user message.
-    assert model._render(prompt) == TransformersTeacher._render(model, prompt) == prompt_text(
-        model.tokenizer, task.as_record())
+    assert model.prompt(task) == model.teacher.render(chat) == prompt_text(model.tokenizer, task.as_record())
     # Without one: Alpaca's prompt, as lora.data trained the adapter, not the teacher's bare text.
     model.tokenizer.chat_template = None
-    assert model._render(prompt) == prompt_text(model.tokenizer, task.as_record())
-    assert model._render(prompt).endswith("### Input:\nThe cat sat.\n\n### Response:\n")
+    assert model.prompt(task) == prompt_text(model.tokenizer, task.as_record()) != model.teacher.render(chat)
+    assert model.prompt(task).endswith("### Input:\nThe cat sat.\n\n### Response:\n")
 
 
 def test_an_adapter_for_another_model_fails_naming_both(tiny_model_dir, adapter_dir, tmp_path, sample_tasks):

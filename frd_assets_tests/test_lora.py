@@ -7,6 +7,7 @@ import optuna
 import pytest
 import torch
 
+from frd_assets.core.chat_format import prompt_text
 from frd_assets.core.config_checks import ConfigError
 from frd_assets.core.lora.data import (
     IGNORE_INDEX,
@@ -15,7 +16,6 @@ from frd_assets.core.lora.data import (
     collate,
     length_grouped_batches,
     padded_share,
-    prompt_text,
     split_records,
     tokenize_record,
 )
