@@ -242,21 +242,6 @@ def test_versions_prune_old_ones_and_never_a_newer_one(store, tmp_path):
     assert versions.remove(store, bucket, prefix) >= 2 and list(store.list(bucket, prefix + "/")) == []
 
 
-def test_a_derived_version_never_puts_an_older_one_back(store):
-    """The evaluation republishes the adapter it evaluated with its card extended; if lora_adapter published
-    a newer adapter meanwhile, that one stays current (if_current)."""
-    bucket, prefix = asset_location("lora_adapter", str(uuid.uuid4()))
-    evaluated = versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 4}')])
-    newer = versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 8}')])
-    with pytest.raises(versions.StaleVersion, match=f"at version {newer.version}, not {evaluated.version}"):
-        versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 4}'), ("README.md", b"card")],
-                         if_current=evaluated.version)
-    assert versions.current(store, bucket, prefix).version == newer.version
-    carded = versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 8}'), ("README.md", b"card")],
-                              if_current=newer.version)
-    assert versions.current(store, bucket, prefix).version == carded.version
-
-
 def test_the_local_store_never_follows_a_symlink(tmp_path, dagster_instance, monkeypatch):
     outside = tmp_path / "outside.json"
     outside.write_text('{"private_field_name": "private value"}\n')

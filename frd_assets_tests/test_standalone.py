@@ -2,8 +2,8 @@
 evaluate | export | seed upload` on files, in a notebook's environment or a plain container, without an
 orchestrator installed or imported (and without paying its import time).
 
-One subprocess runs them one after another, in-process through `frd_assets.cli.main`, on a tiny model, and
-after each one checks that no `dagster` module was imported."""
+One subprocess imports `frd_assets.cli.standalone`, then runs them one after another, in-process through
+`frd_assets.cli.main`, on a tiny model, and after each one checks that no `dagster` module was imported."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ SAMPLE_SEED = Path(__file__).parents[1] / "frd_assets" / "data" / "sample_seed.j
 SCRIPT = textwrap.dedent(
     """
     import json, sys
+    import frd_assets.cli.standalone
+    assert "dagster" not in sys.modules, "importing frd_assets.cli.standalone loaded Dagster"
     from frd_assets.cli import main
 
     steps = json.loads(sys.argv[1])
@@ -27,6 +29,17 @@ SCRIPT = textwrap.dedent(
         print(json.dumps({"step": name, "rc": rc, "dagster_modules": loaded[:5]}), flush=True)
     """
 )
+
+
+def test_the_standalone_module_and_the_parser_import_without_dagster():
+    """The property is the module's: importing it, or building the parser over every command, loads no
+    Dagster and no GraphQL client (the service commands' module is imported only when one runs)."""
+    code = ("import sys, frd_assets.cli.standalone, frd_assets.cli; frd_assets.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'requests') "
+            "or m in ('frd_assets.client', 'frd_assets.cli.service', 'frd_assets.definitions')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_standalone_commands_never_import_dagster(tmp_path, tiny_model_dir):

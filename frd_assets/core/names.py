@@ -39,3 +39,9 @@ ADAPTER_ON_READY_SENSOR = "adapter_on_ready_sensor"
 # The op tag that says which capacity a step needs, and the run tag the coordinator copies it to.
 QUEUE_TAG = "frd/queue"
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
+
+# Files stored beside an asset's rows in its version (core/versions.py): the Hugging Face card of a
+# dataset or model, the validation gate's report, the adapter evaluation's report.
+CARD_FILE = "README.md"
+VALIDATION_REPORT_FILE = "validation_report.json"
+EVALUATION_REPORT_FILE = "report.json"

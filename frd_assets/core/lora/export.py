@@ -37,6 +37,9 @@ from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 
 # The command whose --out the export writes: the owner its output folder's marker names (core/output_dirs.py).
 EXPORT_COMMAND = "frd export"
+# The check's defaults: sample-seed prompts whose greedy outputs must match, and new tokens compared per prompt.
+CHECK_PROMPTS = 20
+CHECK_MAX_NEW_TOKENS = 32
 
 
 class MergeMismatch(RuntimeError):
@@ -209,8 +212,8 @@ def export_merged(
     out_dir: str | Path,
     *,
     base_model: str | None = None,
-    n_prompts: int = 20,
-    max_new_tokens: int = 32,
+    n_prompts: int = CHECK_PROMPTS,
+    max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
     batch_size: int = 8,
     device: str | None = None,
     print_fn: Callable[[str], None] = print,

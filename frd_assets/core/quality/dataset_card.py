@@ -19,7 +19,6 @@ from frd_assets.core.names import VALIDATED_DATASET
 if TYPE_CHECKING:
     from frd_assets.core.validation import ValidationReport
 
-CARD_FILE = "README.md"
 # The Hub's size buckets: (upper bound, label); a count at or above every bound is the last label.
 _SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
                     (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
