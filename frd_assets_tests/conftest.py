@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from frd_assets.core.seeds import sample_seed_bytes as sample_seed_file_bytes
 from frd_assets.core.threads import THREADS_ENV, available_cores
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
 
@@ -81,7 +82,7 @@ def dagster_instance(tmp_path):
 
 @pytest.fixture
 def sample_seed_bytes() -> bytes:
-    return (REPO / "frd_assets" / "data" / "sample_seed.jsonl").read_bytes()
+    return sample_seed_file_bytes()
 
 
 @pytest.fixture

@@ -40,9 +40,10 @@ from frd_assets.core.lora.adapter import AdapterError, base_model_for_adapter
 from frd_assets.core.metrics.rouge_l import rouge_l_f
 from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import parse_seed
+from frd_assets.core.seeds import sample_seed
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SEED = REPO / "frd_assets" / "data" / "sample_seed.jsonl"
+# The bundled sample seed as a file (core/seeds.py names it once).
+SAMPLE_SEED = Path(str(sample_seed()))
 
 
 def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
@@ -74,7 +75,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sample_tasks() -> list[EvalTask]:
-    return load_eval_tasks(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")[0]
+    return load_eval_tasks(SAMPLE_SEED.read_bytes(), SAMPLE_SEED.name)[0]
 
 
 # ---- task files -------------------------------------------------------------------------------------------
@@ -138,13 +139,13 @@ def test_unusable_task_files_fail_naming_the_object_and_line(data, fragment):
 
 
 def test_held_out_records_become_tasks(sample_seed_bytes):
-    records = parse_seed(sample_seed_bytes, "sample_seed.jsonl")
+    records = parse_seed(sample_seed_bytes, SAMPLE_SEED.name)
     tasks = eval_tasks_from_records(records)
     assert [(t.id, t.instruction, t.input, t.reference) for t in tasks] == [
         (r.id, r.instruction, r.input, r.output) for r in records
     ]
     # The same file read as a task file gives the same tasks.
-    assert load_eval_tasks(sample_seed_bytes, "sample_seed.jsonl") == (tasks, 0)
+    assert load_eval_tasks(sample_seed_bytes, SAMPLE_SEED.name) == (tasks, 0)
 
 
 # ---- statistics -------------------------------------------------------------------------------------------

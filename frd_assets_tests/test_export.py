@@ -21,9 +21,10 @@ from frd_assets.core.lora.export import (
 from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, run_trial
 from frd_assets.core.models import load_causal_lm, load_tokenizer
 from frd_assets.core.records import parse_seed
+from frd_assets.core.seeds import sample_seed
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SEED = REPO / "frd_assets" / "data" / "sample_seed.jsonl"
+# The bundled sample seed as a file (core/seeds.py names it once).
+SAMPLE_SEED = Path(str(sample_seed()))
 NEW_TOKENS = 16  # enough for a wrong merge to show; each check generates 20 prompts' worth twice
 
 
@@ -35,7 +36,7 @@ def tokenizer(tiny_model_dir):
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tokenizer, tmp_path_factory) -> Path:
     """An adapter trained on the sample seed with a high learning rate, so that it changes greedy outputs."""
-    records = parse_seed(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")
+    records = parse_seed(SAMPLE_SEED.read_bytes(), SAMPLE_SEED.name)
     examples = [tokenize_record(tokenizer, r, max_length=256) for r in records]
     folder = tmp_path_factory.mktemp("export") / "adapter"
     result = run_trial(

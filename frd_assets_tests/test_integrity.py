@@ -13,6 +13,7 @@ from dagster_graphql.test.utils import define_out_of_process_context, execute_da
 
 from frd_assets.core import versions
 from frd_assets.core.datasets import InvalidDatasetId, asset_location, check_dataset_id, dataset_key
+from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.records import dumps_jsonl
 from frd_assets.core.seeds import write_seed
 from frd_assets.core.store import BUCKETS, SEEDS_BUCKET, LocalStore, S3Store, StoreError
@@ -103,7 +104,7 @@ def test_raw_graphql_launches_for_non_canonical_keys_are_refused(embedded_instan
             result = execute_dagster_graphql(context, LAUNCH, {"executionParams": {
                 "selector": {**repo, "jobName": "__ASSET_JOB",
                              "assetSelection": [{"path": ["validated_dataset"]}]},
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]},
+                "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": key}]},
                 "runConfigData": {}}})
             payload = result.data["launchRun"]
             assert payload["__typename"] == "PythonError", payload

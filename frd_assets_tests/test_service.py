@@ -17,6 +17,7 @@ from dagster import DagsterInstance
 
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location
+from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.store import ADAPTERS_BUCKET, SEEDS_BUCKET, S3Store
 from frd_assets_tests.openai_server import free_port
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
@@ -105,7 +106,7 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
                                                        "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")})
     with DagsterInstance.from_config(str(service["home"])) as instance:
         def finished_runs():
-            runs = {r.job_name: r for r in instance.get_runs() if r.tags.get("dagster/partition") == first}
+            runs = {r.job_name: r for r in instance.get_runs() if r.tags.get(PARTITION_TAG) == first}
             return runs if len(runs) == 2 and all(r.is_finished for r in runs.values()) else None
 
         by_job = wait_until(finished_runs, 60, f"both runs of {first} to finish")
@@ -127,7 +128,7 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
     with DagsterInstance.from_config(str(service["home"])) as instance:
         run = wait_until(lambda: (r := instance.get_run_by_id(run_id)) and r.is_finished and r, 240, f"run {run_id}")
         assert run.status.value == "SUCCESS" and run.tags["frd/queue"] == "cpu"
-        assert run.tags["dagster/partition"] == second
+        assert run.tags[PARTITION_TAG] == second
 
     # The sensor may have seen the upload before `frd launch` queued its run and started one of its own;
     # either way the newest run touching validated_dataset ends, and status then reports it.

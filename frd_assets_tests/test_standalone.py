@@ -13,7 +13,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-SAMPLE_SEED = Path(__file__).parents[1] / "frd_assets" / "data" / "sample_seed.jsonl"
+from frd_assets.core.seeds import sample_seed
+
+SAMPLE_SEED = Path(str(sample_seed()))  # the bundled sample seed as a file
 
 SCRIPT = textwrap.dedent(
     """

@@ -45,3 +45,7 @@ CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
 CARD_FILE = "README.md"
 VALIDATION_REPORT_FILE = "validation_report.json"
 EVALUATION_REPORT_FILE = "report.json"
+
+# The run tag Dagster puts on a run of one partition (the dataset id): the client, the sensors and the
+# coordinator filter runs by it. Dagster's own constant is in a private module, so it is named here.
+PARTITION_TAG = "dagster/partition"

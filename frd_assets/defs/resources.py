@@ -55,9 +55,9 @@ class TeacherResource(ConfigurableResource):
     model: str = DEFAULT_MODEL  # a model name or folder; for "openai", the served model's name
     base_url: Optional[str] = None  # for "openai": http://host:port/v1
     api_key: Optional[str] = None
-    batch_size: int = 8  # prompts per forward pass (transformers)
-    max_concurrency: int = 4  # requests in flight (openai)
-    timeout: float = 120.0  # seconds per request (openai)
+    batch_size: int = settings.TEACHER_BATCH_SIZE  # prompts per forward pass (transformers)
+    max_concurrency: int = settings.TEACHER_MAX_CONCURRENCY  # requests in flight (openai)
+    timeout: float = settings.TEACHER_TIMEOUT_S  # seconds per request (openai)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TeacherResource":
@@ -93,9 +93,9 @@ class JudgeResource(ConfigurableResource):
     base_url: Optional[str] = None
     model: Optional[str] = None
     api_key: Optional[str] = None
-    batch_size: int = 8  # prompts per forward pass (local model)
-    max_concurrency: int = 4  # requests in flight (endpoint)
-    timeout: float = 120.0
+    batch_size: int = settings.TEACHER_BATCH_SIZE  # prompts per forward pass (local model)
+    max_concurrency: int = settings.TEACHER_MAX_CONCURRENCY  # requests in flight (endpoint)
+    timeout: float = settings.TEACHER_TIMEOUT_S  # seconds per request (endpoint)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "JudgeResource":

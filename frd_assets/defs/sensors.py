@@ -39,7 +39,7 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from frd_assets.core.datasets import is_dataset_id, seed_dataset_id
-from frd_assets.core.names import LORA_ADAPTER, SEED_DATASET, VALIDATED_DATASET
+from frd_assets.core.names import LORA_ADAPTER, PARTITION_TAG, SEED_DATASET, VALIDATED_DATASET
 from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import unready_reason
@@ -73,7 +73,7 @@ def _already_processed(context: SensorEvaluationContext, uuid: str, info: Object
 def _in_flight(context: SensorEvaluationContext, uuid: str) -> bool:
     """A run for this partition is queued or running (launched by a sensor, by hand or over GraphQL)."""
     runs = context.instance.get_runs(
-        RunsFilter(tags={"dagster/partition": uuid}, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
+        RunsFilter(tags={PARTITION_TAG: uuid}, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
     )
     return bool(runs)
 
@@ -170,7 +170,7 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
 def adapter_on_ready_sensor(context: RunStatusSensorContext):
     """After a successful run that materialized validated_dataset: the adapter, if the verdict is READY."""
     run = context.dagster_run
-    uuid = run.tags.get("dagster/partition")
+    uuid = run.tags.get(PARTITION_TAG)
     if not is_dataset_id(uuid):
         return SkipReason(f"run {run.run_id} is not for a dataset partition (partition {uuid!r})")
 

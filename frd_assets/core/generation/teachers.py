@@ -16,6 +16,12 @@ from frd_assets.core.generation.prompts import ChatPrompt
 
 # Re-exported: callers build SamplingParams and read Completions from here, beside make_teacher.
 from frd_assets.core.generation.teacher_types import Completion, SamplingParams, Teacher  # noqa: F401
+from frd_assets.core.settings import (
+    TEACHER_BATCH_SIZE,
+    TEACHER_MAX_CONCURRENCY,
+    TEACHER_MAX_RETRIES,
+    TEACHER_TIMEOUT_S,
+)
 
 
 class TransformersTeacher:
@@ -25,7 +31,7 @@ class TransformersTeacher:
         self,
         model_name_or_path: str | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = TEACHER_BATCH_SIZE,
         device: str | None = None,
         loaded_model=None,
     ):
@@ -165,10 +171,10 @@ def make_teacher(
     model: str | None,
     base_url: str | None = None,
     api_key: str | None = None,
-    batch_size: int = 8,
-    max_concurrency: int = 4,
-    timeout: float = 120.0,
-    max_retries: int = 4,
+    batch_size: int = TEACHER_BATCH_SIZE,
+    max_concurrency: int = TEACHER_MAX_CONCURRENCY,
+    timeout: float = TEACHER_TIMEOUT_S,
+    max_retries: int = TEACHER_MAX_RETRIES,
 ) -> Teacher:
     """The one place a teacher is built from settings, for the asset and the CLI alike."""
     if backend == "transformers":
