@@ -15,6 +15,7 @@ import redis
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from frd_assets.celery_app import QUEUES
 from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.store import LocalStore
 from frd_assets_tests.test_routing import LAUNCH
@@ -46,7 +47,7 @@ def worker_env(tmp_path, postgres_db, tiny_model_dir):
 @pytest.fixture
 def workers(worker_env, tmp_path):
     procs = {}
-    for queue in ("cpu_queue", "gpu_queue"):
+    for queue in QUEUES.values():
         log = open(tmp_path / f"{queue}.log", "wb")
         procs[queue] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "frd_assets.celery_app", "worker", "-Q", queue, "--pool", "solo",
