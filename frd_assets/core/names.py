@@ -32,10 +32,6 @@ READY_CHECK = "ready_for_fine_tuning"
 BEATS_BASE_CHECK = "beats_base_model"
 BEATS_BASE_ON_HELD_OUT_CHECK = "adapter_beats_base"
 
-# Sensors.
-SEED_UPLOAD_SENSOR = "seed_upload_sensor"
-ADAPTER_ON_READY_SENSOR = "adapter_on_ready_sensor"
-
 # The op tag that says which capacity a step needs, and the run tag the coordinator copies it to.
 QUEUE_TAG = "frd/queue"
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"

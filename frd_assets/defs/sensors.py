@@ -83,9 +83,7 @@ def _read_cursor(raw: str | None) -> tuple[float, dict[str, str], dict[str, str]
     if not raw:
         return 0.0, {}, {}
     cursor = json.loads(raw)
-    if "keys_at" in cursor:  # the cursor before ETags: those keys were seen, whatever their ETag
-        return float(cursor["last_modified"]), {k: "" for k in cursor["keys_at"]}, {}
-    return float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor.get("pending", {}))
+    return float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor["pending"])
 
 
 def _is_fresh(info: ObjectInfo, mark: float, at_mark: dict[str, str]) -> bool:

@@ -40,10 +40,9 @@ from frd_assets.core.language import LANGUAGE, SeedLanguage, is_off_language, se
 from frd_assets.core.metrics.rouge_l import NoveltyIndex
 from frd_assets.core.records import Record
 
-# 2: an instance is stored as [input, output, source]. Version 1 stored [input, output], all of them
-# read by the text parser; such a checkpoint is still continued.
+# The checkpoint's layout (an instance is [input, output, source]); a checkpoint of another layout is not
+# continued: the run starts over.
 CHECKPOINT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
 INSTANCE_FORMATS = ("json", "text")
 
 
@@ -209,15 +208,10 @@ class _State:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "_State":
-        instances = {
-            # Version 1 had no source: every instance then came from the text parser.
-            ins: [*v, "text"] if isinstance(v, list) and len(v) == 2 else v
-            for ins, v in dict(data["instances"]).items()
-        }
         return cls(
             fingerprint=data["fingerprint"], kept=list(data["kept"]), rejected=Counter(data["rejected"]),
             proposed=int(data["proposed"]), rounds=int(data["rounds"]), teacher_tokens=int(data["teacher_tokens"]),
-            instances=instances,
+            instances=dict(data["instances"]),
         )
 
 
@@ -273,7 +267,7 @@ def generate(
 
     state = _State(fingerprint)
     saved = checkpoint.load() if checkpoint else None
-    if saved and saved.get("version") in _READABLE_VERSIONS and saved.get("fingerprint") == fingerprint:
+    if saved and saved.get("version") == CHECKPOINT_VERSION and saved.get("fingerprint") == fingerprint:
         state = _State.from_dict(saved)
         log(f"resuming from checkpoint: {len(state.kept)} instructions kept, {state.rounds} rounds, "
             f"{len(state.instances)} instances done")
