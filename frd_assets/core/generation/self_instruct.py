@@ -64,7 +64,7 @@ class GenerationConfig:
     checkpoint_every: int = 5  # save progress once this many new instructions were kept
     seed: int = 0
     # "json": instances as schema-constrained JSON where the teacher can enforce a schema, else as text;
-    # "text": always the 'Input: ... Output: ...' prompt and parser (the behaviour before JSON existed).
+    # "text": always the 'Input: ... Output: ...' prompt and parser.
     instance_format: str = "json"
     # ISO 639-1 code of the language the teacher is asked to write in ("ru"); "": the seed's language, as
     # detected from its instructions (core/language.py). Instructions confidently in another are dropped.
@@ -178,11 +178,11 @@ def _fingerprint(seed_instructions: Sequence[str], teacher_name: str, config: Ge
     what was already written (not the target, nor the instance format)."""
     # instance_format is left out too: it changes only how the instances still to come are asked for,
     # and each stored instance records how it was read. So a checkpoint continues across a change of
-    # format, including one made before instance_format existed.
+    # format.
     settings = {k: v for k, v in asdict(config).items() if k not in ("num_instructions", "max_rounds",
                                                                      "checkpoint_every", "instance_format")}
-    # An unset language is the seed's, which the seed (in the fingerprint) decides; leaving it out keeps a
-    # checkpoint made before the field existed continuable. A set language changes every prompt: it counts.
+    # An unset language is the seed's, which the seed (in the fingerprint) already decides, so it adds
+    # nothing. A set language changes every prompt: it counts.
     if not settings["language"]:
         del settings["language"]
     parts = [sorted(seed_instructions), teacher_name, settings]
