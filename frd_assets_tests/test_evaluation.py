@@ -41,6 +41,7 @@ from frd_assets.core.metrics.rouge_l import rouge_l_f
 from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import parse_seed
 from frd_assets.core.seeds import sample_seed
+from frd_assets_tests.test_standalone import MAIN_WITHOUT_DAGSTER
 
 # The bundled sample seed as a file (core/seeds.py names it once).
 SAMPLE_SEED = Path(str(sample_seed()))
@@ -372,14 +373,7 @@ def test_frd_evaluate_prints_the_figures_and_two_samples(tiny_model_dir, adapter
 
 def test_frd_evaluate_json_is_one_object_and_never_imports_dagster(tiny_model_dir, adapter_dir):
     # main() in a fresh interpreter, so sys.modules shows exactly what the evaluate command imported.
-    code = (
-        "import sys\n"
-        "from frd_assets.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
-        "assert not bad, bad\n"
-        "sys.exit(rc)\n"
-    )
+    code = MAIN_WITHOUT_DAGSTER
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUDGE_")}
     proc = subprocess.run(
         [sys.executable, "-c", code, "evaluate", str(adapter_dir), "--tasks", str(SAMPLE_SEED), "--limit", "3",

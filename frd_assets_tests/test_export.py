@@ -22,6 +22,7 @@ from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, run_tria
 from frd_assets.core.models import load_causal_lm, load_tokenizer
 from frd_assets.core.records import parse_seed
 from frd_assets.core.seeds import sample_seed
+from frd_assets_tests.test_standalone import MAIN_WITHOUT_DAGSTER
 
 # The bundled sample seed as a file (core/seeds.py names it once).
 SAMPLE_SEED = Path(str(sample_seed()))
@@ -158,14 +159,7 @@ def test_bad_input_is_one_line_and_exit_2(case, adapter_dir, tiny_model_dir, tmp
 def test_frd_export_never_imports_dagster(adapter_dir, tiny_model_dir, tmp_path):
     # main() in a fresh interpreter, so sys.modules shows what the export command imported; --prompts 0 fails
     # after the adapter, the base model and the tokenizer were looked up, before any weights are read.
-    code = (
-        "import sys\n"
-        "from frd_assets.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
-        "assert not bad, bad\n"
-        "sys.exit(rc)\n"
-    )
+    code = MAIN_WITHOUT_DAGSTER
     proc = subprocess.run(
         [sys.executable, "-c", code, "export", str(adapter_dir), "--merge", "--out", str(tmp_path / "out"),
          "--prompts", "0"],

@@ -3,7 +3,6 @@ a PostgreSQL-backed instance. A seed dropped in the bucket becomes an adapter wi
 dataset is launched with `frd launch` and read back with `frd status`."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from frd_assets.core.datasets import asset_location
 from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.store import ADAPTERS_BUCKET, SEEDS_BUCKET, S3Store
 from frd_assets_tests.openai_server import free_port
+from frd_assets_tests.processes import stop_process_groups
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,13 +68,7 @@ def service(tmp_path, postgres_db, tiny_model_dir):
         wait_until(lambda: _ok(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver")
         yield {"port": port, "env": env, "s3": s3, "home": home, "logs": tmp_path}
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_groups(procs, timeout=30)
         stop_s3_server(s3)
 
 

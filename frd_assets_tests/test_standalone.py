@@ -17,6 +17,17 @@ from frd_assets.core.seeds import sample_seed
 
 SAMPLE_SEED = Path(str(sample_seed()))  # the bundled sample seed as a file
 
+# `python -c` this with a command's arguments: the command runs through main() in a fresh interpreter and
+# fails if it imported Dagster (test_evaluation.py and test_export.py use it for their commands' own cases).
+MAIN_WITHOUT_DAGSTER = (
+    "import sys\n"
+    "from frd_assets.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
+    "assert not bad, bad\n"
+    "sys.exit(rc)\n"
+)
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
