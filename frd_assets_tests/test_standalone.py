@@ -8,6 +8,7 @@ One subprocess imports `frd_assets.cli.standalone`, then runs them one after ano
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -78,7 +79,9 @@ def test_standalone_commands_never_import_dagster(tmp_path, tiny_model_dir):
                     "--prompts", "2", "--max-new-tokens", "4"]),
     ]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FRD_LOCAL_STORE": str(tmp_path / "store"),
-           "FRD_MODEL_CACHE": str(tmp_path / "models"), "HF_HUB_OFFLINE": "1", "FRD_TORCH_THREADS": "1"}
+           "FRD_MODEL_CACHE": str(tmp_path / "models"), "HF_HUB_OFFLINE": "1", "FRD_TORCH_THREADS": "1",
+           # The code under test, where the suite runs from a checkout other than the installed one.
+           **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(steps)], capture_output=True, text=True,
                          env=env, timeout=900, cwd=tmp_path)
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"step"')]
