@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/frd demo
 
+# The import contracts first (seconds; pyproject.toml's [tool.importlinter]), then the suite.
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The Dagster UI on the demo's instance: http://127.0.0.1:3000. The storage is created and migrated once

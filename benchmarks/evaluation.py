@@ -45,7 +45,7 @@ def make_adapter(model_name: str, out_dir: Path) -> Path:
 
 
 def measure(model: AnswerModel, tasks, batch_size: int, max_new_tokens: int) -> tuple[dict, list[str]]:
-    model.batch_size = batch_size
+    model.teacher.batch_size = batch_size
     t0 = time.perf_counter()
     base = model.answer(tasks, adapter=False, max_new_tokens=max_new_tokens)
     tuned = model.answer(tasks, adapter=True, max_new_tokens=max_new_tokens)

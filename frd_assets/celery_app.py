@@ -13,9 +13,11 @@ from dagster_celery.config import DEFAULT_CONFIG
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
+from frd_assets.core.names import CPU_QUEUE, GPU_QUEUE
 from frd_assets.core.settings import service_settings
 
-QUEUES = {"cpu": "cpu_queue", "gpu": "gpu_queue"}
+# The Celery queue of each frd/queue value; deploy/dagster.yaml and docker-compose.yml spell the same names.
+QUEUES = {queue: f"{queue}_queue" for queue in (CPU_QUEUE, GPU_QUEUE)}
 
 
 def broker_url(env: Mapping[str, str] | None = None) -> str:
@@ -37,6 +39,6 @@ def app_args(default_queue: str, broker: str | None = None) -> dict:
     }
 
 
-app = make_app(app_args=app_args(QUEUES["cpu"]))
+app = make_app(app_args=app_args(QUEUES[CPU_QUEUE]))
 execute_job = create_execute_job_task(app)
 resume_job = create_resume_job_task(app)

@@ -27,6 +27,7 @@ from frd_assets.core.names import (
     ASSETS,
     JOB_ASSETS,
     LORA_ADAPTER,
+    PARTITION_TAG,
     PARTITIONS_DEF,
     SEED_DATASET,
 )
@@ -272,7 +273,7 @@ class FrdClient:
                 "jobName": "__ASSET_JOB",
                 "assetSelection": [{"path": [a]} for a in assets],
             },
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": uuid}]},
+            "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": uuid}]},
             "runConfigData": run_config,
         }
         payload = self._query(LAUNCH_RUN, {"executionParams": params})["launchRun"]
@@ -285,7 +286,7 @@ class FrdClient:
         uuid = _dataset_id(uuid)
         if uuid not in set(self.partitions()):
             raise FrdClientError(f"dataset {uuid} is not a partition here; upload its seed or `frd launch {uuid}`")
-        data = self._query(STATUS, {"uuid": uuid, "tags": [{"key": "dagster/partition", "value": uuid}],
+        data = self._query(STATUS, {"uuid": uuid, "tags": [{"key": PARTITION_TAG, "value": uuid}],
                                     "assetKeys": [{"path": [a]} for a in ASSETS]})
         runs = data["runsOrError"].get("results", [])
         out = []

@@ -31,11 +31,11 @@ from dagster_celery.launcher import CeleryRunLauncher
 from frd_assets.core.datasets import check_dataset_id
 from frd_assets.core.names import CPU_QUEUE as CPU
 from frd_assets.core.names import GPU_QUEUE as GPU
-from frd_assets.core.names import QUEUE_TAG
+from frd_assets.core.names import PARTITION_TAG, QUEUE_TAG
 from frd_assets.defs.config import check_run_config
 
 # Run tags that carry partition keys: one partition, or the two ends of a ranged (single-run) backfill.
-PARTITION_TAGS = ("dagster/partition", "dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+PARTITION_TAGS = (PARTITION_TAG, "dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 def queue_for_run(instance: DagsterInstance, run: DagsterRun) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
+from frd_assets.core.seeds import sample_seed_bytes as sample_seed_file_bytes
 from frd_assets.core.threads import THREADS_ENV, available_cores
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
 
@@ -81,7 +83,7 @@ def dagster_instance(tmp_path):
 
 @pytest.fixture
 def sample_seed_bytes() -> bytes:
-    return (REPO / "frd_assets" / "data" / "sample_seed.jsonl").read_bytes()
+    return sample_seed_file_bytes()
 
 
 @pytest.fixture
@@ -106,3 +108,25 @@ def server(tiny_model_dir, tmp_path_factory):
     wait_ready(proc, url)
     yield url
     stop(proc)
+
+
+# An instance configured as shipped (the embedded dagster.yaml: the project's coordinator and launcher), and
+# a GraphQL context on the workspace over it: test_routing.py and test_coordinator.py launch runs through it.
+@pytest.fixture
+def instance(tmp_path):
+    from dagster import DagsterInstance
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the embedded default, as shipped
+    with DagsterInstance.from_config(str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture
+def graphql(instance, tmp_path, monkeypatch):
+    from dagster_graphql.test.utils import define_out_of_process_context
+
+    monkeypatch.setenv("FRD_LOCAL_STORE", str(tmp_path / "store"))
+    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+        yield context

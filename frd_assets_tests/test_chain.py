@@ -74,10 +74,10 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
 
     adapter = metadata(dagster_instance, "lora_adapter")
     assert set(adapter["best_params"]) == {"rank", "lora_alpha", "learning_rate"}
-    # The version lora_adapter wrote, then the same files with the evaluation in the card (current).
+    # One adapter version, the one lora_adapter wrote: the evaluation never writes the adapter's storage.
     assert adapter["uri"] == f"s3://{ADAPTERS_BUCKET}/{dataset_id}/versions/{adapter['version']}"
-    assert versions.version_ids(store, ADAPTERS_BUCKET, dataset_id) == [adapter["version"], current.version]
-    assert "## Evaluation on held-out seed tasks" in versions.read(store, current, "README.md").decode()
+    assert versions.version_ids(store, ADAPTERS_BUCKET, dataset_id) == [adapter["version"]] == [current.version]
+    assert "## Evaluation on held-out seed tasks" not in versions.read(store, current, "README.md").decode()
     assert adapter["base_eval_loss"] > 0 and adapter["best_eval_loss"] > 0
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
@@ -122,7 +122,12 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     # The held-out evaluation of the first run: report and answers in evaluations/<uuid>, the figures in
     # the metadata, the check at WARN by default.
     evaluation = versions.current(store, *asset_location("adapter_evaluation", dataset_id))
-    assert sorted(evaluation.files) == ["answers.jsonl", "report.json"]
+    assert sorted(evaluation.files) == ["README.md", "answers.jsonl", "report.json"]
+    # The evaluated model card: the adapter's card, its YAML header kept, then the evaluation.
+    evaluated_card = versions.read(store, evaluation, "README.md").decode()
+    assert evaluated_card.startswith("---\n") and "library_name: peft" in evaluated_card
+    assert evaluated_card.count("## Evaluation on held-out seed tasks") == 1
+    assert versions.read(store, current, "README.md").decode().split("\n---\n", 1)[1].strip() in evaluated_card
     report = json.loads(versions.read(store, evaluation, "report.json"))
     assert set(report) == {"n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds",
                            "samples"}
@@ -134,8 +139,8 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
                    and e.event_specific_data.check_name == "adapter_beats_base"]
     assert [e.event_specific_data.severity.value for e in first_check] == ["WARN"]
 
-    # Evaluated again with ERROR severity, against the adapter of the second search: the card of the
-    # current adapter version carries one evaluation section, the check its severity.
+    # Evaluated again with ERROR severity, against the adapter of the second search: the new evaluation's card
+    # carries one evaluation section, the check its severity, and the adapter versions are lora_adapter's.
     strict = materialize(ASSETS, partition_key=dataset_id, instance=dagster_instance,
                          resources=build_resources(chain_env), selection=["adapter_evaluation"],
                          run_config={"ops": {"adapter_evaluation": {"config": {"check_severity": "ERROR",
@@ -143,12 +148,12 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
                          raise_on_error=False)
     [strict_check] = [e for e in strict.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert strict_check.event_specific_data.severity.value == "ERROR"
-    carded = versions.current(store, ADAPTERS_BUCKET, dataset_id)
-    card = versions.read(store, carded, "README.md").decode()
+    again_evaluated = versions.current(store, *asset_location("adapter_evaluation", dataset_id))
+    card = versions.read(store, again_evaluated, "README.md").decode()
     assert card.count("## Evaluation on held-out seed tasks") == 1
-    assert carded.meta["evaluation_version"] == versions.current(
-        store, *asset_location("adapter_evaluation", dataset_id)).version
-    assert carded.meta["base_model"] == chain_env["LORA_MODEL_NAME"]
+    assert again_evaluated.meta["inputs"]["lora_adapter"] == second.version
+    assert versions.current(store, ADAPTERS_BUCKET, dataset_id).version == second.version
+    assert second.meta["base_model"] == chain_env["LORA_MODEL_NAME"]
 
     # Secrets never reach run config or metadata.
     run = dagster_instance.get_run_by_id(result.run_id)

@@ -75,6 +75,13 @@ def test_demo_runs_the_chain_and_ends_with_a_loadable_adapter(local_env, tiny_mo
     assert lines[-1].startswith("adapter: ")
     folder = Path(lines[-1].removeprefix("adapter: "))
     assert folder.is_relative_to(tmp_path / "store" / "lora-adapters")
+    # One adapter version: the evaluated model card is the evaluation's own file, not a second adapter.
+    assert len(list(folder.parent.iterdir())) == 1
+    [card_line] = [line for line in lines if line.startswith("model card with the evaluation: ")]
+    card = Path(card_line.removeprefix("model card with the evaluation: "))
+    assert card.is_relative_to(tmp_path / "store" / "evaluations")
+    assert "## Evaluation on held-out seed tasks" in card.read_text()
+    assert "## Evaluation" not in (folder / "README.md").read_text()
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

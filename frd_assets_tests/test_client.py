@@ -2,10 +2,8 @@
 code location is then "frd_assets.definitions", not workspace.yaml's "frd_assets") and one `--read-only`
 on the same instance. Runs are queued, never executed: no daemon runs."""
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import requests
 
 from frd_assets.client import CODE_LOCATION, FrdClient, FrdClientError
 from frd_assets_tests.openai_server import free_port
+from frd_assets_tests.processes import stop_process_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,14 +75,7 @@ def webservers(tmp_path_factory):
             _wait_serving(ports[name], procs[-1], tmp / f"{name}.log")
         yield ports
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):  # its code server too, even if the webserver died
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_groups(procs, timeout=20)  # each webserver with its code server
 
 
 def test_the_client_finds_the_code_location_of_a_webserver_started_with_m(webservers):

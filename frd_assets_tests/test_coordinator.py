@@ -3,48 +3,20 @@ refuses), and lets one run of a dataset through at a time; over real runs launch
 instance configured with the shipped dagster.yaml, and Dagster's own queue daemon."""
 
 import inspect
-import shutil
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterRunStatus
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
-from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+from dagster_graphql.test.utils import execute_dagster_graphql
 
 from frd_assets.definitions import ASSETS
 from frd_assets.defs.config import RUN_CONFIGS
+from frd_assets_tests.test_routing import LAUNCH
 
 REPO = Path(__file__).resolve().parents[1]
-
-LAUNCH = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
-
-
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the embedded default, as shipped
-    with DagsterInstance.from_config(str(home)) as inst:
-        yield inst
-
-
-@pytest.fixture
-def graphql(instance, tmp_path, monkeypatch):
-    monkeypatch.setenv("FRD_LOCAL_STORE", str(tmp_path / "store"))
-    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
-        yield context
-
 
 def launch(graphql, instance, assets, *, run_config=None, partition=None) -> dict:
     partition = partition or str(uuid.uuid4())

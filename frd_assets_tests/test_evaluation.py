@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from frd_assets.cli import main
+from frd_assets.core.chat_format import prompt_text, user_message
 from frd_assets.core.config_checks import ConfigError
 from frd_assets.core.evaluation import (
     REPORT_KEYS,
-    AdapterError,
     EvalTask,
     EvaluationConfig,
     TaskFileError,
-    base_model_for_adapter,
     eval_tasks_from_records,
     evaluate_adapter,
     generate_answers,
@@ -37,13 +36,15 @@ from frd_assets.core.evaluation.stats import (
 )
 from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teachers import SamplingParams, TransformersTeacher
-from frd_assets.core.lora.data import user_message
+from frd_assets.core.lora.adapter import AdapterError, base_model_for_adapter
 from frd_assets.core.metrics.rouge_l import rouge_l_f
 from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import parse_seed
+from frd_assets.core.seeds import sample_seed
+from frd_assets_tests.test_standalone import MAIN_WITHOUT_DAGSTER
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SEED = REPO / "frd_assets" / "data" / "sample_seed.jsonl"
+# The bundled sample seed as a file (core/seeds.py names it once).
+SAMPLE_SEED = Path(str(sample_seed()))
 
 
 def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
@@ -75,7 +76,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sample_tasks() -> list[EvalTask]:
-    return load_eval_tasks(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")[0]
+    return load_eval_tasks(SAMPLE_SEED.read_bytes(), SAMPLE_SEED.name)[0]
 
 
 # ---- task files -------------------------------------------------------------------------------------------
@@ -139,13 +140,13 @@ def test_unusable_task_files_fail_naming_the_object_and_line(data, fragment):
 
 
 def test_held_out_records_become_tasks(sample_seed_bytes):
-    records = parse_seed(sample_seed_bytes, "sample_seed.jsonl")
+    records = parse_seed(sample_seed_bytes, SAMPLE_SEED.name)
     tasks = eval_tasks_from_records(records)
     assert [(t.id, t.instruction, t.input, t.reference) for t in tasks] == [
         (r.id, r.instruction, r.input, r.output) for r in records
     ]
     # The same file read as a task file gives the same tasks.
-    assert load_eval_tasks(sample_seed_bytes, "sample_seed.jsonl") == (tasks, 0)
+    assert load_eval_tasks(sample_seed_bytes, SAMPLE_SEED.name) == (tasks, 0)
 
 
 # ---- statistics -------------------------------------------------------------------------------------------
@@ -244,19 +245,17 @@ def test_base_answers_are_the_base_models_own_and_the_adapter_changes_them(tiny_
 
 
 def test_tasks_are_shown_in_the_prompt_the_adapter_was_trained_on(tiny_model_dir, adapter_dir):
-    from frd_assets.core.evaluation.answers import AnswerModel, _TaskPrompt
-    from frd_assets.core.lora.data import prompt_text
+    from frd_assets.core.evaluation.answers import AnswerModel
 
     model = AnswerModel(str(tiny_model_dir), adapter_dir)
     task = EvalTask("t", "Rewrite the sentence.", "The cat sat.", "The cat was sitting.")
-    prompt = _TaskPrompt(({"role": "user", "content": user_message(task.as_record())},), task=task)
+    chat = ChatPrompt(({"role": "user", "content": user_message(task.as_record())},))
     # With a chat template: the template, exactly as the teacher renders the same user message.
-    assert model._render(prompt) == TransformersTeacher._render(model, prompt) == prompt_text(
-        model.tokenizer, task.as_record())
+    assert model.prompt(task) == model.teacher.render(chat) == prompt_text(model.tokenizer, task.as_record())
     # Without one: Alpaca's prompt, as lora.data trained the adapter, not the teacher's bare text.
     model.tokenizer.chat_template = None
-    assert model._render(prompt) == prompt_text(model.tokenizer, task.as_record())
-    assert model._render(prompt).endswith("### Input:\nThe cat sat.\n\n### Response:\n")
+    assert model.prompt(task) == prompt_text(model.tokenizer, task.as_record()) != model.teacher.render(chat)
+    assert model.prompt(task).endswith("### Input:\nThe cat sat.\n\n### Response:\n")
 
 
 def test_an_adapter_for_another_model_fails_naming_both(tiny_model_dir, adapter_dir, tmp_path, sample_tasks):
@@ -374,14 +373,7 @@ def test_frd_evaluate_prints_the_figures_and_two_samples(tiny_model_dir, adapter
 
 def test_frd_evaluate_json_is_one_object_and_never_imports_dagster(tiny_model_dir, adapter_dir):
     # main() in a fresh interpreter, so sys.modules shows exactly what the evaluate command imported.
-    code = (
-        "import sys\n"
-        "from frd_assets.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
-        "assert not bad, bad\n"
-        "sys.exit(rc)\n"
-    )
+    code = MAIN_WITHOUT_DAGSTER
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUDGE_")}
     proc = subprocess.run(
         [sys.executable, "-c", code, "evaluate", str(adapter_dir), "--tasks", str(SAMPLE_SEED), "--limit", "3",

@@ -21,9 +21,11 @@ from frd_assets.core.lora.export import (
 from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, run_trial
 from frd_assets.core.models import load_causal_lm, load_tokenizer
 from frd_assets.core.records import parse_seed
+from frd_assets.core.seeds import sample_seed
+from frd_assets_tests.test_standalone import MAIN_WITHOUT_DAGSTER
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SEED = REPO / "frd_assets" / "data" / "sample_seed.jsonl"
+# The bundled sample seed as a file (core/seeds.py names it once).
+SAMPLE_SEED = Path(str(sample_seed()))
 NEW_TOKENS = 16  # enough for a wrong merge to show; each check generates 20 prompts' worth twice
 
 
@@ -35,7 +37,7 @@ def tokenizer(tiny_model_dir):
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tokenizer, tmp_path_factory) -> Path:
     """An adapter trained on the sample seed with a high learning rate, so that it changes greedy outputs."""
-    records = parse_seed(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")
+    records = parse_seed(SAMPLE_SEED.read_bytes(), SAMPLE_SEED.name)
     examples = [tokenize_record(tokenizer, r, max_length=256) for r in records]
     folder = tmp_path_factory.mktemp("export") / "adapter"
     result = run_trial(
@@ -157,14 +159,7 @@ def test_bad_input_is_one_line_and_exit_2(case, adapter_dir, tiny_model_dir, tmp
 def test_frd_export_never_imports_dagster(adapter_dir, tiny_model_dir, tmp_path):
     # main() in a fresh interpreter, so sys.modules shows what the export command imported; --prompts 0 fails
     # after the adapter, the base model and the tokenizer were looked up, before any weights are read.
-    code = (
-        "import sys\n"
-        "from frd_assets.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
-        "assert not bad, bad\n"
-        "sys.exit(rc)\n"
-    )
+    code = MAIN_WITHOUT_DAGSTER
     proc = subprocess.run(
         [sys.executable, "-c", code, "export", str(adapter_dir), "--merge", "--out", str(tmp_path / "out"),
          "--prompts", "0"],

@@ -75,33 +75,3 @@ def test_resume_continues_in_process_and_ignores_a_foreign_checkpoint(tmp_path, 
     third = generate(seeds, teacher, other, checkpoint=ckpt, log=logs.append)
     assert logs[0].startswith("checkpoint was made with another seed, teacher or settings")
     assert third.resumed_from == 0
-
-
-def test_a_checkpoint_from_before_json_instances_continues_in_either_format(
-        tmp_path, tiny_model_dir, sample_seed_bytes):
-    seeds = parse_seed(sample_seed_bytes, "s")
-    teacher = TransformersTeacher(str(tiny_model_dir))
-    ckpt = StoreCheckpoint(LocalStore(tmp_path), "datasets", "u/generation_checkpoint.json")
-    text = GenerationConfig(num_instructions=4, prompts_per_round=2, max_rounds=10, checkpoint_every=1,
-                            max_new_tokens_instructions=96, max_new_tokens_instance=64, temperature=0.7,
-                            instance_format="text")
-    first = generate(seeds, teacher, text, checkpoint=ckpt, log=lambda _: None)
-    assert first.records  # something to come back: the tiny model parses about half its instances
-    # The same progress as the version before JSON instances stored it: version 1, [input, output] pairs.
-    old = ckpt.load()
-    old["version"] = 1
-    old["instances"] = {k: v[:2] if isinstance(v, list) else v for k, v in old["instances"].items()}
-
-    # The instance format only decides how instances still to come are asked for, so a checkpoint
-    # continues under either; the instances it holds come back as they were, counted as text-parsed.
-    for instance_format in ("text", "json"):
-        ckpt.save(old)
-        logs = []
-        resumed = generate(seeds, teacher, GenerationConfig(**{**text.__dict__, "instance_format": instance_format}),
-                           checkpoint=ckpt, log=logs.append)
-        assert logs[0].startswith("resuming from checkpoint: 4 instructions kept"), (instance_format, logs[0])
-        assert [(r.instruction, r.input, r.output) for r in resumed.records] == [
-            (r.instruction, r.input, r.output) for r in first.records]
-        assert resumed.instances.text == len(resumed.records)
-        assert resumed.instances.constrained == resumed.instances.json == 0
-        assert resumed.run_tokens == 0  # nothing was asked again

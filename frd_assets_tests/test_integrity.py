@@ -13,6 +13,7 @@ from dagster_graphql.test.utils import define_out_of_process_context, execute_da
 
 from frd_assets.core import versions
 from frd_assets.core.datasets import InvalidDatasetId, asset_location, check_dataset_id, dataset_key
+from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.records import dumps_jsonl
 from frd_assets.core.seeds import write_seed
 from frd_assets.core.store import BUCKETS, SEEDS_BUCKET, LocalStore, S3Store, StoreError
@@ -103,7 +104,7 @@ def test_raw_graphql_launches_for_non_canonical_keys_are_refused(embedded_instan
             result = execute_dagster_graphql(context, LAUNCH, {"executionParams": {
                 "selector": {**repo, "jobName": "__ASSET_JOB",
                              "assetSelection": [{"path": ["validated_dataset"]}]},
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]},
+                "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": key}]},
                 "runConfigData": {}}})
             payload = result.data["launchRun"]
             assert payload["__typename"] == "PythonError", payload
@@ -240,21 +241,6 @@ def test_versions_prune_old_ones_and_never_a_newer_one(store, tmp_path):
     with pytest.raises(StoreError, match="does not match its version record"):
         versions.read(store, current, "x.jsonl")
     assert versions.remove(store, bucket, prefix) >= 2 and list(store.list(bucket, prefix + "/")) == []
-
-
-def test_a_derived_version_never_puts_an_older_one_back(store):
-    """The evaluation republishes the adapter it evaluated with its card extended; if lora_adapter published
-    a newer adapter meanwhile, that one stays current (if_current)."""
-    bucket, prefix = asset_location("lora_adapter", str(uuid.uuid4()))
-    evaluated = versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 4}')])
-    newer = versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 8}')])
-    with pytest.raises(versions.StaleVersion, match=f"at version {newer.version}, not {evaluated.version}"):
-        versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 4}'), ("README.md", b"card")],
-                         if_current=evaluated.version)
-    assert versions.current(store, bucket, prefix).version == newer.version
-    carded = versions.publish(store, bucket, prefix, [("adapter_config.json", b'{"r": 8}'), ("README.md", b"card")],
-                              if_current=newer.version)
-    assert versions.current(store, bucket, prefix).version == carded.version
 
 
 def test_the_local_store_never_follows_a_symlink(tmp_path, dagster_instance, monkeypatch):

@@ -10,6 +10,7 @@ from dagster import DagsterInstance
 from dagster._core.launcher import LaunchRunContext
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from frd_assets.core.names import PARTITION_TAG
 from frd_assets_tests.test_routing import LAUNCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def launch_and_capture(instance, assets):
         result = execute_dagster_graphql(context, LAUNCH, {"executionParams": {
             "selector": {"repositoryLocationName": "frd_assets", "repositoryName": "__repository__",
                          "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+            "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": partition}]},
             "runConfigData": {}}})
         run = instance.get_run_by_id(result.data["launchRun"]["run"]["runId"])
     router = instance.run_launcher

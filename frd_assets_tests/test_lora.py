@@ -7,6 +7,7 @@ import optuna
 import pytest
 import torch
 
+from frd_assets.core.chat_format import prompt_text
 from frd_assets.core.config_checks import ConfigError
 from frd_assets.core.lora.data import (
     IGNORE_INDEX,
@@ -15,7 +16,6 @@ from frd_assets.core.lora.data import (
     collate,
     length_grouped_batches,
     padded_share,
-    prompt_text,
     split_records,
     tokenize_record,
 )
@@ -23,9 +23,10 @@ from frd_assets.core.lora.search import SearchSpace, run_search
 from frd_assets.core.lora.trial import LoraHyperparams, Pruned, TrainingConfig, evaluate_loss, run_trial
 from frd_assets.core.models import load_causal_lm, load_tokenizer
 from frd_assets.core.records import Record, parse_seed
+from frd_assets.core.seeds import sample_seed
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SEED = REPO / "frd_assets" / "data" / "sample_seed.jsonl"
+# The bundled sample seed as a file (core/seeds.py names it once).
+SAMPLE_SEED = Path(str(sample_seed()))
 # What "all-linear" means on a Llama: every projection of attention and MLP; never lm_head or embeddings.
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
@@ -256,7 +257,7 @@ def test_evaluation_batches_are_sorted_and_deterministic():
 
 
 def test_grouping_by_length_pads_less_on_the_sample_seed(tokenizer):
-    records = parse_seed(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")
+    records = parse_seed(SAMPLE_SEED.read_bytes(), SAMPLE_SEED.name)
     lengths = [len(tokenize_record(tokenizer, r, max_length=256).input_ids) for r in records]
     order = list(range(len(lengths)))
     random.Random(0).shuffle(order)
@@ -278,7 +279,7 @@ def _old_evaluate_loss(model, examples, *, batch_size, pad_id) -> float:
 
 
 def test_eval_loss_is_the_same_figure_as_before_length_grouping(tiny_model_dir, tokenizer):
-    records = parse_seed(SAMPLE_SEED.read_bytes(), "sample_seed.jsonl")
+    records = parse_seed(SAMPLE_SEED.read_bytes(), SAMPLE_SEED.name)
     examples = [tokenize_record(tokenizer, r, max_length=256) for r in records]
     model = load_causal_lm(str(tiny_model_dir))
     model.eval()

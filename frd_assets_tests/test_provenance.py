@@ -3,9 +3,9 @@ chain; the generation checkpoint is only continued by a run that reads the same 
 materialized for real (tiny model, local store) in one Dagster run."""
 
 import pytest
-from dagster import materialize
+from dagster import AssetKey, materialize
 
-from frd_assets import cli
+from frd_assets.cli.service import current_line
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location, checkpoint_location
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
@@ -38,7 +38,7 @@ def chain(tiny_model_dir, dagster_instance, dataset_id, sample_seed_bytes, tmp_p
                    ("seed_dataset", "generated_dataset", "validated_dataset", "lora_adapter", "adapter_evaluation")}
 
 
-def test_every_version_names_the_versions_it_was_computed_from(chain, dataset_id, tiny_model_dir):
+def test_every_version_names_the_versions_it_was_computed_from(chain, dataset_id, tiny_model_dir, dagster_instance):
     store, current = chain
     inputs = {name: dict(v.meta[INPUTS]) for name, v in current.items()}
     assert inputs["seed_dataset"]["seed_upload"] == f"{dataset_id}.jsonl" and inputs["seed_dataset"]["etag"]
@@ -47,25 +47,30 @@ def test_every_version_names_the_versions_it_was_computed_from(chain, dataset_id
                                            "seed_dataset": current["seed_dataset"].version}
     assert inputs["lora_adapter"] == {"validated_dataset": current["validated_dataset"].version,
                                       "base_model": str(tiny_model_dir)}
-    # The evaluation read the adapter version that lora_adapter published; the current adapter version is the
-    # same files republished with the evaluation in its card, and names that evaluation.
+    # The evaluation read the adapter version that lora_adapter published, which stays current: the evaluated
+    # model card is the evaluation's own file.
     evaluated = inputs["adapter_evaluation"]
-    assert evaluated["lora_adapter"] in versions.version_ids(store, *asset_location("lora_adapter", dataset_id))
-    assert current["lora_adapter"].meta["evaluation_version"] == current["adapter_evaluation"].version
+    assert evaluated["lora_adapter"] == current["lora_adapter"].version
+    assert versions.version_ids(store, *asset_location("lora_adapter", dataset_id)) == [evaluated["lora_adapter"]]
     assert evaluated["base_model"] == str(tiny_model_dir)
     assert evaluated["seed_dataset"] == current["seed_dataset"].version
     answers = versions.read(store, current["adapter_evaluation"], "answers.jsonl")
     assert evaluated["tasks"].startswith("sha256:") and answers
 
-    # `frd status` shows the chain, one line per asset: current <folder>  <- <input versions>.
-    lines, problem = cli._current_versions(dataset_id)
-    assert problem is None
-    assert lines["generated_dataset"] == (f"{store.uri(*_folder(current['generated_dataset']))}  "
+    # `frd status` shows the chain, one line per asset: current <folder>  <- <input versions>, from the
+    # asset's latest materialization.
+    lines = {name: current_line(metadata(dagster_instance, name)) for name in current}
+    assert lines["generated_dataset"] == (f"  current {store.uri(*_folder(current['generated_dataset']))}  "
                                           f"<- seed_dataset {current['seed_dataset'].version}")
     # (names in the pointer's order: sorted)
     assert lines["lora_adapter"].endswith(f"<- base_model {tiny_model_dir}, "
                                           f"validated_dataset {current['validated_dataset'].version}")
     assert f", lora_adapter {evaluated['lora_adapter']}, seed_dataset " in lines["adapter_evaluation"]
+
+
+def metadata(instance, asset: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def _folder(version):

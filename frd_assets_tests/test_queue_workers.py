@@ -15,6 +15,8 @@ import redis
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from frd_assets.celery_app import QUEUES
+from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.store import LocalStore
 from frd_assets_tests.test_routing import LAUNCH
 
@@ -45,7 +47,7 @@ def worker_env(tmp_path, postgres_db, tiny_model_dir):
 @pytest.fixture
 def workers(worker_env, tmp_path):
     procs = {}
-    for queue in ("cpu_queue", "gpu_queue"):
+    for queue in QUEUES.values():
         log = open(tmp_path / f"{queue}.log", "wb")
         procs[queue] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "frd_assets.celery_app", "worker", "-Q", queue, "--pool", "solo",
@@ -95,7 +97,7 @@ def test_cpu_and_gpu_runs_execute_on_their_own_workers(worker_env, workers, monk
                 result = execute_dagster_graphql(context, LAUNCH, {"executionParams": {
                     "selector": {"repositoryLocationName": "frd_assets", "repositoryName": "__repository__",
                                  "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-                    "executionMetadata": {"tags": [{"key": "dagster/partition", "value": dataset_id}]},
+                    "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": dataset_id}]},
                     "runConfigData": run_config}})
                 assert result.data["launchRun"]["__typename"] == "LaunchRunSuccess", result.data
                 return result.data["launchRun"]["run"]["runId"]

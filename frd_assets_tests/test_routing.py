@@ -2,15 +2,14 @@
 the sensors request, on an instance configured with the project's coordinator and launcher (the embedded
 dagster.yaml). test_service.py covers runs the daemon's sensors create."""
 
-import shutil
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus
-from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+from dagster import DagsterRunStatus
+from dagster_graphql.test.utils import execute_dagster_graphql
 
 from frd_assets.launchers import QUEUE_TAG, QueueRoutingRunLauncher, QueueTaggingRunCoordinator, queue_for_run
 
@@ -26,22 +25,6 @@ mutation Launch($executionParams: ExecutionParams!) {
   }
 }
 """
-
-
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the embedded default, as shipped
-    with DagsterInstance.from_config(str(home)) as inst:
-        yield inst
-
-
-@pytest.fixture
-def graphql(instance, tmp_path, monkeypatch):
-    monkeypatch.setenv("FRD_LOCAL_STORE", str(tmp_path / "store"))
-    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
-        yield context
 
 
 def launch(graphql, instance, assets=None, job="__ASSET_JOB"):

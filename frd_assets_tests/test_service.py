@@ -3,7 +3,6 @@ a PostgreSQL-backed instance. A seed dropped in the bucket becomes an adapter wi
 dataset is launched with `frd launch` and read back with `frd status`."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +16,10 @@ from dagster import DagsterInstance
 
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location
+from frd_assets.core.names import PARTITION_TAG
 from frd_assets.core.store import ADAPTERS_BUCKET, SEEDS_BUCKET, S3Store
 from frd_assets_tests.openai_server import free_port
+from frd_assets_tests.processes import stop_process_groups
 from frd_assets_tests.s3_server import start_s3_server, stop_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,13 +68,7 @@ def service(tmp_path, postgres_db, tiny_model_dir):
         wait_until(lambda: _ok(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver")
         yield {"port": port, "env": env, "s3": s3, "home": home, "logs": tmp_path}
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_groups(procs, timeout=30)
         stop_s3_server(s3)
 
 
@@ -105,7 +100,7 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
                                                        "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")})
     with DagsterInstance.from_config(str(service["home"])) as instance:
         def finished_runs():
-            runs = {r.job_name: r for r in instance.get_runs() if r.tags.get("dagster/partition") == first}
+            runs = {r.job_name: r for r in instance.get_runs() if r.tags.get(PARTITION_TAG) == first}
             return runs if len(runs) == 2 and all(r.is_finished for r in runs.values()) else None
 
         by_job = wait_until(finished_runs, 60, f"both runs of {first} to finish")
@@ -127,7 +122,7 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
     with DagsterInstance.from_config(str(service["home"])) as instance:
         run = wait_until(lambda: (r := instance.get_run_by_id(run_id)) and r.is_finished and r, 240, f"run {run_id}")
         assert run.status.value == "SUCCESS" and run.tags["frd/queue"] == "cpu"
-        assert run.tags["dagster/partition"] == second
+        assert run.tags[PARTITION_TAG] == second
 
     # The sensor may have seen the upload before `frd launch` queued its run and started one of its own;
     # either way the newest run touching validated_dataset ends, and status then reports it.

@@ -2,22 +2,38 @@
 evaluate | export | seed upload` on files, in a notebook's environment or a plain container, without an
 orchestrator installed or imported (and without paying its import time).
 
-One subprocess runs them one after another, in-process through `frd_assets.cli.main`, on a tiny model, and
-after each one checks that no `dagster` module was imported."""
+One subprocess imports `frd_assets.cli.standalone`, then runs them one after another, in-process through
+`frd_assets.cli.main`, on a tiny model, and after each one checks that no `dagster` module was imported."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-SAMPLE_SEED = Path(__file__).parents[1] / "frd_assets" / "data" / "sample_seed.jsonl"
+from frd_assets.core.seeds import sample_seed
+
+SAMPLE_SEED = Path(str(sample_seed()))  # the bundled sample seed as a file
+
+# `python -c` this with a command's arguments: the command runs through main() in a fresh interpreter and
+# fails if it imported Dagster (test_evaluation.py and test_export.py use it for their commands' own cases).
+MAIN_WITHOUT_DAGSTER = (
+    "import sys\n"
+    "from frd_assets.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
+    "assert not bad, bad\n"
+    "sys.exit(rc)\n"
+)
 
 SCRIPT = textwrap.dedent(
     """
     import json, sys
+    import frd_assets.cli.standalone
+    assert "dagster" not in sys.modules, "importing frd_assets.cli.standalone loaded Dagster"
     from frd_assets.cli import main
 
     steps = json.loads(sys.argv[1])
@@ -27,6 +43,17 @@ SCRIPT = textwrap.dedent(
         print(json.dumps({"step": name, "rc": rc, "dagster_modules": loaded[:5]}), flush=True)
     """
 )
+
+
+def test_the_standalone_module_and_the_parser_import_without_dagster():
+    """The property is the module's: importing it, or building the parser over every command, loads no
+    Dagster and no GraphQL client (the service commands' module is imported only when one runs)."""
+    code = ("import sys, frd_assets.cli.standalone, frd_assets.cli; frd_assets.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'requests') "
+            "or m in ('frd_assets.client', 'frd_assets.cli.service', 'frd_assets.definitions')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_standalone_commands_never_import_dagster(tmp_path, tiny_model_dir):
@@ -52,7 +79,9 @@ def test_standalone_commands_never_import_dagster(tmp_path, tiny_model_dir):
                     "--prompts", "2", "--max-new-tokens", "4"]),
     ]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FRD_LOCAL_STORE": str(tmp_path / "store"),
-           "FRD_MODEL_CACHE": str(tmp_path / "models"), "HF_HUB_OFFLINE": "1", "FRD_TORCH_THREADS": "1"}
+           "FRD_MODEL_CACHE": str(tmp_path / "models"), "HF_HUB_OFFLINE": "1", "FRD_TORCH_THREADS": "1",
+           # The code under test, where the suite runs from a checkout other than the installed one.
+           **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(steps)], capture_output=True, text=True,
                          env=env, timeout=900, cwd=tmp_path)
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"step"')]

@@ -32,10 +32,16 @@ READY_CHECK = "ready_for_fine_tuning"
 BEATS_BASE_CHECK = "beats_base_model"
 BEATS_BASE_ON_HELD_OUT_CHECK = "adapter_beats_base"
 
-# Sensors.
-SEED_UPLOAD_SENSOR = "seed_upload_sensor"
-ADAPTER_ON_READY_SENSOR = "adapter_on_ready_sensor"
-
 # The op tag that says which capacity a step needs, and the run tag the coordinator copies it to.
 QUEUE_TAG = "frd/queue"
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
+
+# Files stored beside an asset's rows in its version (core/versions.py): the Hugging Face card of a
+# dataset or model, the validation gate's report, the adapter evaluation's report.
+CARD_FILE = "README.md"
+VALIDATION_REPORT_FILE = "validation_report.json"
+EVALUATION_REPORT_FILE = "report.json"
+
+# The run tag Dagster puts on a run of one partition (the dataset id): the client, the sensors and the
+# coordinator filter runs by it. Dagster's own constant is in a private module, so it is named here.
+PARTITION_TAG = "dagster/partition"

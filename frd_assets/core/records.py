@@ -251,21 +251,27 @@ def check_seed_size(size: int, object_name: str) -> None:
         )
 
 
-def parse_seed(data: bytes, object_name: str) -> list[Record]:
-    """Parses a seed upload (JSONL or a JSON array, UTF-8) in any of the three formats into Records."""
+def upload_items(
+    data: bytes, object_name: str, *, empty: str, error: type[SeedFormatError] = SeedFormatError
+) -> Iterable[tuple[int, Any]]:
+    """(line, JSON value) of each item of an upload in JSONL or a JSON array (UTF-8, a BOM allowed): the
+    reading that seeds and evaluation task files share, so both refuse the same files with the same words.
+    empty: the refusal of an empty file; error: the class of this reader's refusals (a subclass for tasks)."""
     check_seed_size(len(data), object_name)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SeedFormatError(object_name, line, f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+        raise error(object_name, line, f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
     if not text.strip():
-        raise SeedFormatError(object_name, None, "the upload is empty; it needs at least one task")
+        raise error(object_name, None, empty)
+    return _iter_json_array(text, object_name) if text.lstrip().startswith("[") else _iter_jsonl(text, object_name)
+
+
+def parse_seed(data: bytes, object_name: str) -> list[Record]:
+    """Parses a seed upload (JSONL or a JSON array, UTF-8) in any of the three formats into Records."""
+    items = upload_items(data, object_name, empty="the upload is empty; it needs at least one task")
     records: list[Record] = []
-    if text.lstrip().startswith("["):
-        items: Iterable[tuple[int, Any]] = _iter_json_array(text, object_name)
-    else:
-        items = _iter_jsonl(text, object_name)
     for index, (line, obj) in enumerate(items):
         records.extend(_records_from_object(obj, object_name, line, index))
     if not records:

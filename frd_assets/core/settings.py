@@ -23,6 +23,12 @@ from frd_assets.core.config_checks import Integer, Number, OneOf, check_value
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 # One default for the Dagster asset and the CLI: a few trials keep a CPU demo under ten minutes.
 DEFAULT_N_TRIALS = 4
+# How the teacher and the judge (a teacher too) send prompts: the environment's and the resources' defaults,
+# and make_teacher's, so a teacher built from code behaves as one built from settings.
+TEACHER_BATCH_SIZE = 8  # prompts per forward pass of a local model
+TEACHER_MAX_CONCURRENCY = 4  # requests in flight to an OpenAI-compatible endpoint
+TEACHER_TIMEOUT_S = 120.0  # seconds per request to an endpoint
+TEACHER_MAX_RETRIES = 4  # retries of a request that failed for a reason a retry can fix
 
 # The store.
 MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY = "MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"
@@ -131,9 +137,9 @@ class TeacherSettings:
     model: str = DEFAULT_MODEL  # a model name or folder; for "openai", the served model's name
     base_url: str | None = None  # for "openai": http://host:port/v1
     api_key_var: str | None = None  # TEACHER_API_KEY when it is set
-    batch_size: int = 8  # prompts per forward pass (transformers)
-    max_concurrency: int = 4  # requests in flight (openai)
-    timeout: float = 120.0  # seconds per request (openai)
+    batch_size: int = TEACHER_BATCH_SIZE
+    max_concurrency: int = TEACHER_MAX_CONCURRENCY
+    timeout: float = TEACHER_TIMEOUT_S
 
 
 def teacher_settings(env: _Env | None = None) -> TeacherSettings:
@@ -144,9 +150,9 @@ def teacher_settings(env: _Env | None = None) -> TeacherSettings:
         model=_text(env, "TEACHER_MODEL") or DEFAULT_MODEL,
         base_url=_text(env, "TEACHER_BASE_URL"),
         api_key_var=TEACHER_API_KEY if _text(env, TEACHER_API_KEY) else None,
-        batch_size=env_int(env, "TEACHER_BATCH_SIZE", 8),
-        max_concurrency=env_int(env, "TEACHER_MAX_CONCURRENCY", 4),
-        timeout=_float(env, "TEACHER_TIMEOUT", 120.0),
+        batch_size=env_int(env, "TEACHER_BATCH_SIZE", TEACHER_BATCH_SIZE),
+        max_concurrency=env_int(env, "TEACHER_MAX_CONCURRENCY", TEACHER_MAX_CONCURRENCY),
+        timeout=_float(env, "TEACHER_TIMEOUT", TEACHER_TIMEOUT_S),
     )
 
 

@@ -53,8 +53,8 @@ _ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
 
 class StaleVersion(StoreError):
-    """The pointer moved to another version (a newer one, or not the one a derived version was made from)
-    while this version was being written; the pointer was left as it is."""
+    """The pointer moved to a newer version while this version was being written; the pointer was left as
+    it is."""
 
 
 @dataclass(frozen=True)
@@ -113,16 +113,13 @@ def publish(
     keep: int = KEEP_VERSIONS,
     grace: timedelta = PRUNE_GRACE,
     log: Callable[[str], None] = lambda _msg: None,
-    if_current: str | None = None,
 ) -> Version:
     """Writes the files as a new version, then the pointer; returns the version now current.
 
     files yields (name, bytes) or (name, a callable returning bytes), so a folder of large files is read
     one file at a time. A failure before the pointer write leaves the previous version current.
-    StaleVersion when a newer version was published while the files were written (see the module doc).
-    if_current: publish only if the pointer still names that version (a writer that derives its version from
-    another must not put an older one back); otherwise StaleVersion. The files of a stale publish stay
-    until pruning takes them."""
+    StaleVersion when a newer version was published while the files were written (see the module doc);
+    the files of a stale publish stay until pruning takes them."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     version_id = new_version_id()
@@ -136,7 +133,7 @@ def publish(
         raise ValueError(f"a version of {store.uri(bucket, prefix)} needs at least one file")
     version = Version(bucket, prefix, version_id, entries, dict(meta or {}),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    _move_pointer(store, version, if_current=if_current)
+    _move_pointer(store, version)
     try:
         pruned = prune(store, bucket, prefix, current_version=version_id, keep=keep, grace=grace)
         if pruned:
@@ -159,15 +156,12 @@ def _read_pointer(store: Store, bucket: str, prefix: str) -> tuple[str | None, s
         return None, info.etag
 
 
-def _move_pointer(store: Store, version: Version, *, if_current: str | None) -> None:
-    """Points the prefix at version unless the pointer names a newer one (or not if_current): read, compare,
+def _move_pointer(store: Store, version: Version) -> None:
+    """Points the prefix at version unless the pointer names a newer one: read, compare,
     then a write conditional on what was read, so nothing written in between is overwritten."""
     bucket, prefix, uri = version.bucket, version.prefix, store.uri(version.bucket, version.prefix)
     for _ in range(POINTER_ATTEMPTS):
         now, etag = _read_pointer(store, bucket, prefix)
-        if if_current is not None and now != if_current:
-            raise StaleVersion(f"{uri} is at version {now}, not {if_current}: a newer version was published "
-                               f"meanwhile and stays current (version {version.version} was not published)")
         if now is not None and now > version.version:
             raise StaleVersion(f"{uri} is at version {now}, newer than version {version.version} of this write, "
                                "which was overtaken and not published; materialize again if this data should win")

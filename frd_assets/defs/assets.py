@@ -1,4 +1,4 @@
-"""The four assets: each reads its input, calls core, and returns the output with metadata."""
+"""The five assets: each reads its input, calls core, and returns the output with metadata."""
 
 import dataclasses
 import json
@@ -21,6 +21,7 @@ from dagster import (
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location, checkpoint_location
 from frd_assets.core.evaluation import JUDGE_PROMPT_VERSION, eval_tasks_from_records, evaluate_adapter, load_eval_tasks
+from frd_assets.core.evaluation.card import evaluated_card
 from frd_assets.core.generation.checkpoint import StoreCheckpoint
 from frd_assets.core.generation.self_instruct import generate
 from frd_assets.core.held_out import (
@@ -37,7 +38,9 @@ from frd_assets.core.names import (
     ADAPTER_EVALUATION,
     BEATS_BASE_CHECK,
     BEATS_BASE_ON_HELD_OUT_CHECK,
+    CARD_FILE,
     CPU_QUEUE,
+    EVALUATION_REPORT_FILE,
     GENERATED_DATASET,
     GPU_QUEUE,
     LORA_ADAPTER,
@@ -45,9 +48,10 @@ from frd_assets.core.names import (
     READY_CHECK,
     SEED_DATASET,
     VALIDATED_DATASET,
+    VALIDATION_REPORT_FILE,
 )
 from frd_assets.core.provenance import INPUTS, digest
-from frd_assets.core.quality.dataset_card import CARD_FILE, dataset_card
+from frd_assets.core.quality.dataset_card import dataset_card
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
 from frd_assets.core.seeds import read_eval_set, read_seed
 from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
@@ -66,8 +70,6 @@ from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource
 
 CPU = {QUEUE_TAG: CPU_QUEUE}
 GPU = {QUEUE_TAG: GPU_QUEUE}
-EVALUATION_HEADING = "## Evaluation on held-out seed tasks"
-REPORT_FILE = "validation_report.json"
 # seed_dataset metadata naming the upload it read; the seed sensor reads them back.
 SEED_KEY, SEED_ETAG = "seed_key", "seed_etag"
 
@@ -285,7 +287,7 @@ def validated_dataset(
     yield Output(
         DatasetOutput(
             report.valid_rows if ready else [],
-            files={REPORT_FILE: report.to_json().encode(), CARD_FILE: card.encode()},
+            files={VALIDATION_REPORT_FILE: report.to_json().encode(), CARD_FILE: card.encode()},
             meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"],
                   INPUTS: inputs},
         ),
@@ -479,11 +481,14 @@ def adapter_evaluation(
     the_judge = judge.build()
     s = store.get_store()
     adapter_version = lora_adapter.version
+    adapter_uri = s.uri(adapter_version.bucket, adapter_version.folder) if adapter_version else None
+    card_path = lora_adapter.path / CARD_FILE
+    adapter_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
     report = evaluate_adapter(
         eval_tasks_from_records(held_out),
         base_model=base_model,
         adapter_dir=lora_adapter.path,
-        adapter_name=s.uri(adapter_version.bucket, adapter_version.folder) if adapter_version else None,
+        adapter_name=adapter_uri,
         config=config.core(),
         judge=the_judge,
         print_fn=context.log.info,
@@ -498,7 +503,8 @@ def adapter_evaluation(
     yield Output(
         DatasetOutput(
             report.answers,
-            files={"report.json": json.dumps(figures, indent=2, sort_keys=True).encode()},
+            files={EVALUATION_REPORT_FILE: json.dumps(figures, indent=2, sort_keys=True).encode(),
+                   CARD_FILE: evaluated_card(adapter_card, report, adapter_uri=adapter_uri).encode()},
             meta={"adapter_version": adapter_version.version if adapter_version else None,
                   "adapter_beats_base": report.adapter_beats_base, INPUTS: inputs},
         ),
@@ -522,8 +528,6 @@ def adapter_evaluation(
             "samples": MetadataValue.md(report.samples_markdown(10)),
         },
     )
-    with no_retry_when_full():
-        _card_with_evaluation(s, uuid, lora_adapter, report, context.log.info)
     yield AssetCheckResult(
         check_name=BEATS_BASE_ON_HELD_OUT_CHECK,
         passed=report.adapter_beats_base,
@@ -534,24 +538,3 @@ def adapter_evaluation(
             "n": report.n,
         },
     )
-
-
-def _card_with_evaluation(s, uuid: str, adapter: AdapterFolder, report, log) -> None:
-    """Publishes the adapter again, same files, with its model card extended by the evaluation: versions
-    are immutable, so the card cannot be edited in place (the previous version stays, see core/versions)."""
-    card = adapter.path / "README.md"
-    # A re-run evaluates the adapter version this function wrote: replace its section, do not add another.
-    text = (card.read_text() if card.exists() else "").split(EVALUATION_HEADING)[0]
-    card.write_text(text.rstrip() + "\n\n" + EVALUATION_HEADING + "\n\n" + report.markdown_table()
-                    + "\n\n" + report.samples_markdown(2) + "\n")
-    evaluation = versions.current(s, *asset_location(ADAPTER_EVALUATION, uuid))
-    meta = {**adapter.meta, "evaluation_version": evaluation.version}
-    try:
-        # Only over the version that was evaluated: a lora_adapter materialized meanwhile must stay current.
-        version = versions.publish(s, *asset_location(LORA_ADAPTER, uuid), versions.folder_files(adapter.path),
-                                   meta=meta, log=log,
-                                   if_current=adapter.version.version if adapter.version else None)
-    except versions.StaleVersion as exc:
-        log(f"model card of {uuid} not updated: {exc}")
-        return
-    log(f"model card of {uuid} now carries the evaluation: {s.uri(version.bucket, version.folder)}")

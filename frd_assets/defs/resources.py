@@ -9,7 +9,7 @@ from typing import Mapping, Optional
 from dagster import ConfigurableResource, EnvVar
 
 from frd_assets.core import settings
-from frd_assets.core.lora.kubernetes import K8S_WORKERS_ENV, KubernetesWorkers
+from frd_assets.core.lora.kubernetes import KubernetesWorkers
 from frd_assets.core.lora.study_storage import default_storage_url
 from frd_assets.core.models import DEFAULT_MODEL
 from frd_assets.core.store import LocalStore, S3Store, Store
@@ -55,9 +55,9 @@ class TeacherResource(ConfigurableResource):
     model: str = DEFAULT_MODEL  # a model name or folder; for "openai", the served model's name
     base_url: Optional[str] = None  # for "openai": http://host:port/v1
     api_key: Optional[str] = None
-    batch_size: int = 8  # prompts per forward pass (transformers)
-    max_concurrency: int = 4  # requests in flight (openai)
-    timeout: float = 120.0  # seconds per request (openai)
+    batch_size: int = settings.TEACHER_BATCH_SIZE  # prompts per forward pass (transformers)
+    max_concurrency: int = settings.TEACHER_MAX_CONCURRENCY  # requests in flight (openai)
+    timeout: float = settings.TEACHER_TIMEOUT_S  # seconds per request (openai)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TeacherResource":
@@ -93,9 +93,9 @@ class JudgeResource(ConfigurableResource):
     base_url: Optional[str] = None
     model: Optional[str] = None
     api_key: Optional[str] = None
-    batch_size: int = 8  # prompts per forward pass (local model)
-    max_concurrency: int = 4  # requests in flight (endpoint)
-    timeout: float = 120.0
+    batch_size: int = settings.TEACHER_BATCH_SIZE  # prompts per forward pass (local model)
+    max_concurrency: int = settings.TEACHER_MAX_CONCURRENCY  # requests in flight (endpoint)
+    timeout: float = settings.TEACHER_TIMEOUT_S  # seconds per request (endpoint)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "JudgeResource":
@@ -155,7 +155,7 @@ class LoraResource(ConfigurableResource):
 
 def _checked_k8s_trial_workers(env: Mapping[str, str]) -> str:
     """FRD_K8S_TRIAL_WORKERS as set, refused when the code location loads if it does not describe pods."""
-    text = env.get(K8S_WORKERS_ENV, "").strip()
+    text = (settings.k8s_trial_workers(env) or "").strip()
     KubernetesWorkers.from_json(text)
     return text
 

@@ -39,7 +39,7 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from frd_assets.core.datasets import is_dataset_id, seed_dataset_id
-from frd_assets.core.names import LORA_ADAPTER, SEED_DATASET, VALIDATED_DATASET
+from frd_assets.core.names import LORA_ADAPTER, PARTITION_TAG, SEED_DATASET, VALIDATED_DATASET
 from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import unready_reason
@@ -73,7 +73,7 @@ def _already_processed(context: SensorEvaluationContext, uuid: str, info: Object
 def _in_flight(context: SensorEvaluationContext, uuid: str) -> bool:
     """A run for this partition is queued or running (launched by a sensor, by hand or over GraphQL)."""
     runs = context.instance.get_runs(
-        RunsFilter(tags={"dagster/partition": uuid}, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
+        RunsFilter(tags={PARTITION_TAG: uuid}, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
     )
     return bool(runs)
 
@@ -83,9 +83,7 @@ def _read_cursor(raw: str | None) -> tuple[float, dict[str, str], dict[str, str]
     if not raw:
         return 0.0, {}, {}
     cursor = json.loads(raw)
-    if "keys_at" in cursor:  # the cursor before ETags: those keys were seen, whatever their ETag
-        return float(cursor["last_modified"]), {k: "" for k in cursor["keys_at"]}, {}
-    return float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor.get("pending", {}))
+    return float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor["pending"])
 
 
 def _is_fresh(info: ObjectInfo, mark: float, at_mark: dict[str, str]) -> bool:
@@ -170,7 +168,7 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
 def adapter_on_ready_sensor(context: RunStatusSensorContext):
     """After a successful run that materialized validated_dataset: the adapter, if the verdict is READY."""
     run = context.dagster_run
-    uuid = run.tags.get("dagster/partition")
+    uuid = run.tags.get(PARTITION_TAG)
     if not is_dataset_id(uuid):
         return SkipReason(f"run {run.run_id} is not for a dataset partition (partition {uuid!r})")
 

@@ -5,13 +5,12 @@ model load, greedy answers with and without the adapter), stats (ROUGE-L, bootst
 judge (pairwise verdicts in both orders), report (evaluate_adapter and its report).
 """
 
-from frd_assets.core.evaluation.answers import AdapterError, Answers, check_adapter_dir, generate_answers
+from frd_assets.core.evaluation.answers import Answers, generate_answers
 from frd_assets.core.evaluation.judge import JUDGE_PROMPT_VERSION, Judge, judge_settings_from_env, make_judge
 from frd_assets.core.evaluation.report import (
     REPORT_KEYS,
     EvaluationConfig,
     EvaluationReport,
-    base_model_for_adapter,
     check_task_count,
     evaluate_adapter,
 )
@@ -20,15 +19,12 @@ from frd_assets.core.evaluation.tasks import EvalTask, TaskFileError, eval_tasks
 __all__ = [
     "JUDGE_PROMPT_VERSION",
     "REPORT_KEYS",
-    "AdapterError",
     "Answers",
     "EvalTask",
     "EvaluationConfig",
     "EvaluationReport",
     "Judge",
     "TaskFileError",
-    "base_model_for_adapter",
-    "check_adapter_dir",
     "check_task_count",
     "eval_tasks_from_records",
     "evaluate_adapter",

@@ -6,62 +6,22 @@ exactly what the base model alone answers (a test checks this) and no second cop
 
 Generation is the local teacher's: batches of prompts sorted by length, left padding, greedy decoding,
 tokens and seconds counted. Only the prompt differs: each task is shown in the very text the adapter was
-trained on (`lora.data.prompt_text`: the chat template, or Alpaca's prompt for a model without one), so the
+trained on (`chat_format.prompt_text`: the chat template, or Alpaca's prompt for a model without one), so the
 adapter is not judged on a prompt it never saw.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from frd_assets.core.chat_format import prompt_text
 from frd_assets.core.evaluation.tasks import EvalTask
-from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teachers import SamplingParams, TransformersTeacher
-from frd_assets.core.lora.data import prompt_text, user_message
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-class AdapterError(ValueError):
-    """An adapter folder that cannot be used; the message names the folder and the fix."""
-
-
-def check_adapter_dir(adapter_dir: str | Path) -> dict:
-    """The adapter's config, after checking the folder holds a peft adapter with safetensors weights."""
-    folder = Path(adapter_dir)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter {str(folder)!r}: no such folder; give the folder `frd tune --out` wrote")
-    config_path = folder / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise AdapterError(
-            f"adapter {str(folder)!r} has no {ADAPTER_CONFIG}; give the folder that peft's save_pretrained wrote"
-        )
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        # peft would fall back to adapter_model.bin, a pickle: loading one can run any code its author chose.
-        raise AdapterError(
-            f"adapter {str(folder)!r} has no {ADAPTER_WEIGHTS}; only safetensors adapters are loaded, save it "
-            "with `save_pretrained(dir, safe_serialization=True)`"
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"adapter {str(folder)!r}: {ADAPTER_CONFIG} is not JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"adapter {str(folder)!r}: {ADAPTER_CONFIG} must hold a JSON object")
-    return config
-
-
-@dataclass(frozen=True)
-class _TaskPrompt(ChatPrompt):
-    """A chat prompt that remembers its task, so the training prompt text can be rendered from it."""
-
-    task: EvalTask | None = None
+from frd_assets.core.lora.adapter import load_adapter
 
 
 @dataclass(frozen=True)
@@ -88,45 +48,36 @@ class Answers:
         return (self.base.tokens + self.adapter.tokens) / seconds if seconds else 0.0
 
 
-class AnswerModel(TransformersTeacher):
-    """A base model with a LoRA adapter on top, loaded once; answers with the adapter or without it."""
+class AnswerModel:
+    """A base model with a LoRA adapter on top, loaded once; answers with the adapter or without it.
+
+    It generates through a local teacher built on the adapted model, giving it each task already rendered
+    as the adapter's training prompt (`complete_texts`), not as chat messages.
+    """
 
     def __init__(
         self, base_model: str | None, adapter_dir: str | Path, *, batch_size: int = 8, device: str | None = None
     ):
-        import warnings
+        from frd_assets.core.models import pick_device
 
-        from peft import PeftModel
+        device = device or pick_device()
+        self.teacher = TransformersTeacher(
+            base_model, batch_size=batch_size, device=device,
+            loaded_model=load_adapter(base_model, adapter_dir, device=device),
+        )
+        self.name = self.teacher.name
+        self.tokenizer = self.teacher.tokenizer
 
-        check_adapter_dir(adapter_dir)
-        super().__init__(base_model, batch_size=batch_size, device=device)
-        # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        try:
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir))
-        except (ValueError, RuntimeError, KeyError) as exc:
-            # Typically an adapter trained on another base model: missing target modules or shape mismatches.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AdapterError(
-                f"adapter {str(adapter_dir)!r} does not fit base model {self.name!r} ({first[:300]}); "
-                "give the base model it was trained on with --base-model"
-            ) from None
-        self.model.eval()
-
-    def _render(self, prompt: ChatPrompt) -> str:
-        if isinstance(prompt, _TaskPrompt) and prompt.task is not None:
-            return prompt_text(self.tokenizer, prompt.task.as_record())
-        return super()._render(prompt)
+    def prompt(self, task: EvalTask) -> str:
+        """The task in the very text the adapter was trained on."""
+        return prompt_text(self.tokenizer, task.as_record())
 
     def answer(self, tasks: Sequence[EvalTask], *, adapter: bool, max_new_tokens: int) -> SideAnswers:
         """Greedy answers in task order; with adapter=False the LoRA path is switched off."""
-        prompts = [
-            _TaskPrompt(({"role": "user", "content": user_message(t.as_record())},), task=t) for t in tasks
-        ]
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
         t0 = time.perf_counter()
-        with nullcontext() if adapter else self.model.disable_adapter():
-            out = self.complete(prompts, params)
+        with nullcontext() if adapter else self.teacher.model.disable_adapter():
+            out = self.teacher.complete_texts([self.prompt(t) for t in tasks], params)
         seconds = time.perf_counter() - t0
         return SideAnswers([c.text.strip() for c in out], sum(c.completion_tokens for c in out), seconds)
 

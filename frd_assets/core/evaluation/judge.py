@@ -192,9 +192,9 @@ def make_judge(
     base_url: str | None = None,
     model: str | None = None,
     api_key: str | None = None,
-    batch_size: int = 8,
-    max_concurrency: int = 4,
-    timeout: float = 120,
+    batch_size: int = settings.TEACHER_BATCH_SIZE,
+    max_concurrency: int = settings.TEACHER_MAX_CONCURRENCY,
+    timeout: float = settings.TEACHER_TIMEOUT_S,
     max_new_tokens: int = 256,
 ) -> Judge | None:
     """None when neither base_url nor model is set; an OpenAI-compatible endpoint serving `model` when

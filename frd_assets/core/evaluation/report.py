@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from frd_assets.core.config_checks import MAX_NEW_TOKENS, SEED, Integer, check_fields
-from frd_assets.core.evaluation.answers import Answers, check_adapter_dir, generate_answers
+from frd_assets.core.evaluation.answers import Answers, generate_answers
 from frd_assets.core.evaluation.judge import JUDGE_PROMPT_VERSION, Judge, JudgedTask
 from frd_assets.core.evaluation.stats import (
     CONFIDENCE,
@@ -30,8 +30,7 @@ from frd_assets.core.evaluation.tasks import EvalTask
 from frd_assets.core.language import SeedLanguage
 from frd_assets.core.metrics.rouge_l import SIGNATURE as ROUGE_SIGNATURE
 from frd_assets.core.metrics.text_units import words
-from frd_assets.core.models import DEFAULT_MODEL, ModelNotFound, resolve_model
-from frd_assets.core.settings import lora_settings
+from frd_assets.core.models import DEFAULT_MODEL
 
 REPORT_KEYS = ("n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds", "samples")
 MAX_SAMPLES = 10
@@ -336,25 +335,3 @@ def _answer_rows(
             "verdicts_both_orders": j.verdicts_both_orders() if j else None,
         })
     return rows
-
-
-def base_model_for_adapter(
-    adapter_dir: str | Path, *, env: Mapping[str, str] | None = None, print_fn: Callable[[str], None] = print
-) -> str:
-    """The base model an adapter was trained on, when this machine has it; else LORA_MODEL_NAME or the default.
-
-    peft records `base_model_name_or_path` as the base model's folder on the machine that trained it (the
-    project loads models from resolved folders), which another machine usually lacks; then the platform's
-    configured base model is the best guess, and it is said out loud. LORA_MODEL_NAME is the variable
-    lora_adapter's default too (core/settings.py).
-    """
-    config = check_adapter_dir(adapter_dir)
-    fallback = lora_settings(env).base_model
-    recorded = config.get("base_model_name_or_path")
-    if isinstance(recorded, str) and recorded:
-        try:
-            resolve_model(recorded)
-            return recorded
-        except ModelNotFound:
-            print_fn(f"the adapter's base model {recorded!r} is not available here; using {fallback!r}")
-    return fallback

@@ -12,15 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-# The JSONL and JSON-array readers of the seed parser: the same line numbers in errors, the same strict
-# JSON (no NaN), one implementation.
-from frd_assets.core.records import (
-    Record,
-    SeedFormatError,
-    _iter_json_array,
-    _iter_jsonl,
-    check_seed_size,
-)
+# The seed parser's reader: the same line numbers in errors, the same strict JSON (no NaN), one implementation.
+from frd_assets.core.records import Record, SeedFormatError, upload_items
 
 
 class TaskFileError(SeedFormatError):
@@ -47,15 +40,8 @@ def eval_tasks_from_records(records: Iterable[Record]) -> list[EvalTask]:
 def load_eval_tasks(data: bytes, object_name: str) -> tuple[list[EvalTask], int]:
     """Tasks with a reference answer from a Self-Instruct, Alpaca or chat file (JSONL or a JSON array),
     and how many tasks were skipped for having none. TaskFileError when the file is unusable."""
-    check_seed_size(len(data), object_name)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise TaskFileError(object_name, line, f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
-    if not text.strip():
-        raise TaskFileError(object_name, None, "the file is empty; it needs at least one task with a reference output")
-    items = _iter_json_array(text, object_name) if text.lstrip().startswith("[") else _iter_jsonl(text, object_name)
+    items = upload_items(data, object_name, error=TaskFileError,
+                         empty="the file is empty; it needs at least one task with a reference output")
     tasks: list[EvalTask] = []
     skipped = 0
     try:

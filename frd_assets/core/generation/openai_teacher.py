@@ -31,6 +31,7 @@ from frd_assets.core.generation.prompts import ChatPrompt
 from frd_assets.core.generation.teacher_types import Completion, SamplingParams
 from frd_assets.core.metrics.text_units import words
 from frd_assets.core.records import loads_strict_json
+from frd_assets.core.settings import TEACHER_MAX_CONCURRENCY, TEACHER_MAX_RETRIES, TEACHER_TIMEOUT_S
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -69,10 +70,10 @@ class OpenAICompatibleTeacher:
         model: str,
         *,
         api_key: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 4,
+        timeout: float = TEACHER_TIMEOUT_S,
+        max_retries: int = TEACHER_MAX_RETRIES,
         backoff_seconds: float = 1.0,
-        max_concurrency: int = 4,
+        max_concurrency: int = TEACHER_MAX_CONCURRENCY,
     ):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")

@@ -40,10 +40,9 @@ from frd_assets.core.language import LANGUAGE, SeedLanguage, is_off_language, se
 from frd_assets.core.metrics.rouge_l import NoveltyIndex
 from frd_assets.core.records import Record
 
-# 2: an instance is stored as [input, output, source]. Version 1 stored [input, output], all of them
-# read by the text parser; such a checkpoint is still continued.
+# The checkpoint's layout (an instance is [input, output, source]); a checkpoint of another layout is not
+# continued: the run starts over.
 CHECKPOINT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
 INSTANCE_FORMATS = ("json", "text")
 
 
@@ -65,7 +64,7 @@ class GenerationConfig:
     checkpoint_every: int = 5  # save progress once this many new instructions were kept
     seed: int = 0
     # "json": instances as schema-constrained JSON where the teacher can enforce a schema, else as text;
-    # "text": always the 'Input: ... Output: ...' prompt and parser (the behaviour before JSON existed).
+    # "text": always the 'Input: ... Output: ...' prompt and parser.
     instance_format: str = "json"
     # ISO 639-1 code of the language the teacher is asked to write in ("ru"); "": the seed's language, as
     # detected from its instructions (core/language.py). Instructions confidently in another are dropped.
@@ -179,11 +178,11 @@ def _fingerprint(seed_instructions: Sequence[str], teacher_name: str, config: Ge
     what was already written (not the target, nor the instance format)."""
     # instance_format is left out too: it changes only how the instances still to come are asked for,
     # and each stored instance records how it was read. So a checkpoint continues across a change of
-    # format, including one made before instance_format existed.
+    # format.
     settings = {k: v for k, v in asdict(config).items() if k not in ("num_instructions", "max_rounds",
                                                                      "checkpoint_every", "instance_format")}
-    # An unset language is the seed's, which the seed (in the fingerprint) decides; leaving it out keeps a
-    # checkpoint made before the field existed continuable. A set language changes every prompt: it counts.
+    # An unset language is the seed's, which the seed (in the fingerprint) already decides, so it adds
+    # nothing. A set language changes every prompt: it counts.
     if not settings["language"]:
         del settings["language"]
     parts = [sorted(seed_instructions), teacher_name, settings]
@@ -209,15 +208,10 @@ class _State:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "_State":
-        instances = {
-            # Version 1 had no source: every instance then came from the text parser.
-            ins: [*v, "text"] if isinstance(v, list) and len(v) == 2 else v
-            for ins, v in dict(data["instances"]).items()
-        }
         return cls(
             fingerprint=data["fingerprint"], kept=list(data["kept"]), rejected=Counter(data["rejected"]),
             proposed=int(data["proposed"]), rounds=int(data["rounds"]), teacher_tokens=int(data["teacher_tokens"]),
-            instances=instances,
+            instances=dict(data["instances"]),
         )
 
 
@@ -273,7 +267,7 @@ def generate(
 
     state = _State(fingerprint)
     saved = checkpoint.load() if checkpoint else None
-    if saved and saved.get("version") in _READABLE_VERSIONS and saved.get("fingerprint") == fingerprint:
+    if saved and saved.get("version") == CHECKPOINT_VERSION and saved.get("fingerprint") == fingerprint:
         state = _State.from_dict(saved)
         log(f"resuming from checkpoint: {len(state.kept)} instructions kept, {state.rounds} rounds, "
             f"{len(state.instances)} instances done")

@@ -9,18 +9,33 @@ json_schema_fallback_reason, and the loop asks in the text format instead.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Sequence
 
 from frd_assets.core.generation.prompts import ChatPrompt
 
 # Re-exported: callers build SamplingParams and read Completions from here, beside make_teacher.
 from frd_assets.core.generation.teacher_types import Completion, SamplingParams, Teacher  # noqa: F401
+from frd_assets.core.settings import (
+    TEACHER_BATCH_SIZE,
+    TEACHER_MAX_CONCURRENCY,
+    TEACHER_MAX_RETRIES,
+    TEACHER_TIMEOUT_S,
+)
 
 
 class TransformersTeacher:
     """A local causal LM, loaded once, generating a batch of prompts per forward pass (left padding)."""
 
-    def __init__(self, model_name_or_path: str | None = None, *, batch_size: int = 8, device: str | None = None):
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        *,
+        batch_size: int = TEACHER_BATCH_SIZE,
+        device: str | None = None,
+        loaded_model=None,
+    ):
+        """loaded_model: that model's weights already on `device` (e.g. with an adapter on top), used as given."""
         from frd_assets.core.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, pick_device
 
         # The alias, not the resolved cache path: names go into provenance and checkpoint fingerprints.
@@ -30,7 +45,9 @@ class TransformersTeacher:
         self.tokenizer = load_tokenizer(model_name_or_path)
         # Decoder-only models must be padded on the left, or new tokens follow pad tokens.
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(model_name_or_path, device=self.device)
+        if loaded_model is None:
+            loaded_model = load_causal_lm(model_name_or_path, device=self.device)
+        self.model = loaded_model
         self.model.eval()
         self.generated_tokens = 0
         self.generation_seconds = 0.0
@@ -73,7 +90,8 @@ class TransformersTeacher:
             self.json_schema_fallback_reason, self._constraint = str(exc), None
             return None
 
-    def _render(self, prompt: ChatPrompt) -> str:
+    def render(self, prompt: ChatPrompt) -> str:
+        """The text the model continues: the chat template (or plain text) with the prompt's prefill."""
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
         else:  # a base model without a chat template: plain text
@@ -81,11 +99,21 @@ class TransformersTeacher:
         return text + prompt.prefill
 
     def complete(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[Completion]:
+        completions = self.complete_texts(
+            [self.render(p) for p in prompts], params, schemas=[p.json_schema for p in prompts]
+        )
+        return [replace(c, text=p.prefill + c.text) for p, c in zip(prompts, completions, strict=True)]
+
+    def complete_texts(
+        self, texts: Sequence[str], params: SamplingParams, *, schemas: Sequence[dict | None] | None = None
+    ) -> list[Completion]:
+        """Continuations of already rendered prompt texts, for a caller whose prompts are not chat messages
+        (the evaluation shows each task in the text its adapter was trained on)."""
         import torch
         from transformers import LogitsProcessorList
 
-        results: list[Completion | None] = [None] * len(prompts)
-        texts = [self._render(p) for p in prompts]
+        schemas = list(schemas) if schemas is not None else [None] * len(texts)
+        results: list[Completion | None] = [None] * len(texts)
         # Similar lengths in one batch waste fewer pad positions.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         eos_ids = self._eos_ids()
@@ -94,7 +122,7 @@ class TransformersTeacher:
             enc = self.tokenizer(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
-            processor = self._processor([prompts[i].json_schema for i in idx])
+            processor = self._processor([schemas[i] for i in idx])
             torch.manual_seed(params.seed + start)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -122,7 +150,7 @@ class TransformersTeacher:
                 if cut >= 0:
                     text, stop_at = text[:cut], len(kept)
                 results[i] = Completion(
-                    text=prompts[i].prefill + text,
+                    text=text,
                     finish_reason="length" if stop_at is None else "stop",
                     completion_tokens=len(kept),
                     constrained=processor is not None and processor.constrained(row),
@@ -143,10 +171,10 @@ def make_teacher(
     model: str | None,
     base_url: str | None = None,
     api_key: str | None = None,
-    batch_size: int = 8,
-    max_concurrency: int = 4,
-    timeout: float = 120.0,
-    max_retries: int = 4,
+    batch_size: int = TEACHER_BATCH_SIZE,
+    max_concurrency: int = TEACHER_MAX_CONCURRENCY,
+    timeout: float = TEACHER_TIMEOUT_S,
+    max_retries: int = TEACHER_MAX_RETRIES,
 ) -> Teacher:
     """The one place a teacher is built from settings, for the asset and the CLI alike."""
     if backend == "transformers":

@@ -22,35 +22,16 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from frd_assets.core.chat_format import prompt_text
 from frd_assets.core.records import Record
 
 IGNORE_INDEX = -100  # labels with this value add nothing to the cross-entropy loss
-
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task{extra}. Write a response that appropriately completes the "
-    "request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
-)
 
 
 @dataclass(frozen=True)
 class Example:
     input_ids: list[int]
     labels: list[int]
-
-
-def user_message(record: Record) -> str:
-    return f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
-
-
-def prompt_text(tokenizer, record: Record) -> str:
-    """The prompt as the model will see it at inference: its chat template, or Alpaca's when it has none."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message(record)}], tokenize=False, add_generation_prompt=True
-        )
-    input_block = f"### Input:\n{record.input}\n\n" if record.input else ""
-    extra = ", paired with an input that provides further context" if record.input else ""
-    return ALPACA_PROMPT.format(extra=extra, instruction=record.instruction, input_block=input_block)
 
 
 def tokenize_record(tokenizer, record: Record, *, max_length: int) -> Example:

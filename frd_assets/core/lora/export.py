@@ -16,7 +16,7 @@ other than the adapter's), so the export proves itself, in two named phases:
    no folder that looks exported exists unless it passed the check.
 
 The prompts are the bundled sample seed's instructions in the very text the adapter was trained on
-(`lora.data.prompt_text`). Weights stay float32, as the one model loader loads them; reading and writing
+(`chat_format.prompt_text`). Weights stay float32, as the one model loader loads them; reading and writing
 are safetensors only, without remote code. This module never imports Dagster.
 """
 
@@ -28,15 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from frd_assets.core.chat_format import prompt_text
 from frd_assets.core.config_checks import MAX_NEW_TOKENS, Integer, check_value
-from frd_assets.core.evaluation.answers import AdapterError, check_adapter_dir
-from frd_assets.core.lora.data import prompt_text
+from frd_assets.core.lora.adapter import base_model_for_adapter, check_adapter_dir, load_adapter
 from frd_assets.core.output_dirs import check_output_dir, publish_output_dir, staging_dir
 from frd_assets.core.records import parse_seed
 from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
 
 # The command whose --out the export writes: the owner its output folder's marker names (core/output_dirs.py).
 EXPORT_COMMAND = "frd export"
+# The check's defaults: sample-seed prompts whose greedy outputs must match, and new tokens compared per prompt.
+CHECK_PROMPTS = 20
+CHECK_MAX_NEW_TOKENS = 32
 
 
 class MergeMismatch(RuntimeError):
@@ -149,28 +152,6 @@ def check_merged(
     return MergeCheck(total=len(prompts), mismatched=mismatched, first_difference=first)
 
 
-def _load_adapter(base_model: str, adapter_dir: Path, device: str):
-    import warnings
-
-    from peft import PeftModel
-
-    from frd_assets.core.models import load_causal_lm
-
-    # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    model = load_causal_lm(base_model, device=device)
-    try:
-        # Only adapter_model.safetensors: check_adapter_dir refused a folder without it, so no pickle is read.
-        return PeftModel.from_pretrained(model, str(adapter_dir))
-    except (ValueError, RuntimeError, KeyError) as exc:
-        # Typically an adapter trained on another base model: missing target modules or shape mismatches.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdapterError(
-            f"adapter {str(adapter_dir)!r} does not fit base model {base_model!r} ({first[:300]}); "
-            "give the base model it was trained on with --base-model"
-        ) from None
-
-
 def merge_to_staging(
     adapter_dir: Path,
     base_model: str,
@@ -183,7 +164,7 @@ def merge_to_staging(
     device: str,
 ) -> list[list[int]]:
     """Phase 1: the unmerged adapter's greedy outputs (the reference), then the merged model saved to staging."""
-    model = _load_adapter(base_model, adapter_dir, device)
+    model = load_adapter(base_model, adapter_dir, device=device)
     reference = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     merged = model.merge_and_unload()  # folds the LoRA weights into the base weights, in place
     merged.save_pretrained(str(staging), safe_serialization=True)
@@ -231,8 +212,8 @@ def export_merged(
     out_dir: str | Path,
     *,
     base_model: str | None = None,
-    n_prompts: int = 20,
-    max_new_tokens: int = 32,
+    n_prompts: int = CHECK_PROMPTS,
+    max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
     batch_size: int = 8,
     device: str | None = None,
     print_fn: Callable[[str], None] = print,
@@ -243,7 +224,6 @@ def export_merged(
     model (the rule `frd evaluate` follows). ValueError (AdapterError, ModelNotFound, ConfigError) for bad
     input, before anything heavy is loaded where it can be; MergeMismatch when the check fails.
     """
-    from frd_assets.core.evaluation.report import base_model_for_adapter
     from frd_assets.core.models import load_tokenizer, pick_device, resolve_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)

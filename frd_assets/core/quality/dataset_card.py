@@ -1,17 +1,19 @@
 """The dataset card: a README.md in the Hugging Face form that says where the data came from and what was cut.
 
 The front matter is the Hub's metadata block (license, task_categories, language, size_categories,
-pretty_name, and a `configs` entry naming the JSONL file, so `load_dataset` on the folder finds it). It is
-written by hand, not with a YAML library, because every value is a string or a list of strings and one
-quoting function covers them all: each string is a double-quoted YAML scalar with every character that
-YAML does not allow raw escaped, so a seed or teacher name holding quotes, colons or newlines cannot break
-the block. The body is Markdown: the source, the counts kept and dropped by reason, every gate with its
-value, threshold and signature, and each filter's account.
+pretty_name, and a `configs` entry naming the JSONL file, so `load_dataset` on the folder finds it), built
+with huggingface_hub's DatasetCardData. Its YAML dump quotes and escapes a name holding quotes, colons or
+control characters, but writes line breaks other than LF (NEL, U+2028) raw, which a reader folds into a
+space: so the one free-text field, pretty_name, is put on one line first, as every name in the body is.
+The body is Markdown: the source, the counts kept and dropped by reason, every gate with its value,
+threshold and signature, and each filter's account.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
+
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from frd_assets.core.datasets import data_file_name
 from frd_assets.core.names import VALIDATED_DATASET
@@ -19,7 +21,6 @@ from frd_assets.core.names import VALIDATED_DATASET
 if TYPE_CHECKING:
     from frd_assets.core.validation import ValidationReport
 
-CARD_FILE = "README.md"
 # The Hub's size buckets: (upper bound, label); a count at or above every bound is the last label.
 _SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
                     (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
@@ -28,32 +29,6 @@ CONTAMINATED_SHOWN = 50  # the card lists this many contaminated records; the re
 
 def size_category(n: int) -> str:
     return next((label for bound, label in _SIZE_CATEGORIES if n < bound), "n>1B")
-
-
-def _raw_in_yaml(ch: str) -> bool:
-    """Characters a double-quoted YAML scalar may hold unescaped: YAML 1.1's printable set (0x20-0x7E,
-    0xA0-0xD7FF, 0xE000-0xFFFD but not the BOM, 0x10000 up), without tab and the line breaks (LF, CR, NEL,
-    U+2028, U+2029), which a reader folds into a space or drops with the space before them."""
-    c = ord(ch)
-    return (0x20 <= c <= 0x7E or (0xA0 <= c <= 0xD7FF and c not in (0x2028, 0x2029))
-            or (0xE000 <= c <= 0xFFFD and c != 0xFEFF) or c >= 0x10000)
-
-
-def yaml_string(text: str) -> str:
-    """text as a double-quoted YAML scalar that reads back as exactly text."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif not _raw_in_yaml(ch):
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _yaml_list(name: str, values: Sequence[str]) -> list[str]:
-    return [f"{name}:"] + [f"- {yaml_string(v)}" for v in values]
 
 
 def _cell(value: object) -> str:
@@ -83,21 +58,16 @@ def dataset_card(
     pretty = pretty_name or f"FRD.ai instructions {dataset_id}"
     if languages is None:
         languages = [report.language["language"]] if report.language else []
-    front = [
-        "---",
-        f"license: {yaml_string(license)}",
-        *(_yaml_list("language", languages) if languages else []),
-        *_yaml_list("task_categories", ["text-generation"]),
-        *_yaml_list("tags", ["synthetic", "self-instruct", "instruction-tuning"]),
-        *_yaml_list("size_categories", [size_category(report.valid_records)]),
-        f"pretty_name: {yaml_string(pretty)}",
-        "configs:",
-        f"- config_name: {yaml_string('default')}",
-        "  data_files:",
-        f"  - split: {yaml_string('train')}",
-        f"    path: {yaml_string(data_file_name(VALIDATED_DATASET))}",
-        "---",
-    ]
+    data = DatasetCardData(
+        license=license,
+        language=list(languages) or None,  # None: the field is left out
+        task_categories=["text-generation"],
+        tags=["synthetic", "self-instruct", "instruction-tuning"],
+        size_categories=[size_category(report.valid_records)],
+        pretty_name=_inline(pretty),
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": "train", "path": data_file_name(VALIDATED_DATASET)}]}],
+    )
     body = [
         f"# {_inline(pretty)}",
         "",
@@ -126,7 +96,7 @@ def dataset_card(
         "(empty when the task needs none), `output`, and `provenance` (where the record came from).",
         "",
     ]
-    return "\n".join(front + body)
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body)))
 
 
 def _language(report: ValidationReport) -> list[str]:
