@@ -45,7 +45,9 @@ def test_every_version_names_the_versions_it_was_computed_from(chain, dataset_id
     assert inputs["generated_dataset"] == {"seed_dataset": current["seed_dataset"].version}
     assert inputs["validated_dataset"] == {"generated_dataset": current["generated_dataset"].version,
                                            "seed_dataset": current["seed_dataset"].version}
+    # The adapter trains on the seed's own tasks and chooses on its validation tasks: the seed is an input too.
     assert inputs["lora_adapter"] == {"validated_dataset": current["validated_dataset"].version,
+                                      "seed_dataset": current["seed_dataset"].version,
                                       "base_model": str(tiny_model_dir)}
     # The evaluation read the adapter version that lora_adapter published, which stays current: the evaluated
     # model card is the evaluation's own file.
@@ -64,6 +66,7 @@ def test_every_version_names_the_versions_it_was_computed_from(chain, dataset_id
                                           f"<- seed_dataset {current['seed_dataset'].version}")
     # (names in the pointer's order: sorted)
     assert lines["lora_adapter"].endswith(f"<- base_model {tiny_model_dir}, "
+                                          f"seed_dataset {current['seed_dataset'].version}, "
                                           f"validated_dataset {current['validated_dataset'].version}")
     assert f", lora_adapter {evaluated['lora_adapter']}, seed_dataset " in lines["adapter_evaluation"]
 
