@@ -240,7 +240,10 @@ def test_versions_prune_old_ones_and_never_a_newer_one(store, tmp_path):
     store.put_bytes(bucket, current.key("x.jsonl"), b"tampered")
     with pytest.raises(StoreError, match="does not match its version record"):
         versions.read(store, current, "x.jsonl")
-    assert versions.remove(store, bucket, prefix) >= 2 and list(store.list(bucket, prefix + "/")) == []
+    # Removing the current version takes its pointer and files, and leaves the writer's newer version alone.
+    assert versions.remove_version(store, bucket, prefix, current.version) >= 2
+    assert versions.version_ids(store, bucket, prefix) == [newer]
+    assert not store.exists(bucket, f"{prefix}/{versions.POINTER}")
 
 
 def test_the_local_store_never_follows_a_symlink(tmp_path, dagster_instance, monkeypatch):

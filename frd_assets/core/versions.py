@@ -236,12 +236,6 @@ def prune(store: Store, bucket: str, prefix: str, *, current_version: str, keep:
     return doomed
 
 
-def remove(store: Store, bucket: str, prefix: str) -> int:
-    """Removes the pointer first (so no reader is sent to a half-deleted version), then every version."""
-    store.delete(bucket, f"{prefix}/{POINTER}")
-    return store.delete_prefix(bucket, f"{prefix}/{VERSIONS}/")
-
-
 def remove_version(store: Store, bucket: str, prefix: str, version_id: str,
                    log: Callable[[str], None] = lambda _msg: None) -> int:
     """Removes one version: the pointer only while it names that version (a conditional delete, so a pointer
