@@ -17,31 +17,14 @@ import argparse
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
+from benchmarks.synthetic import random_lora_adapter
 from frd_assets.core.evaluation.answers import AnswerModel
 from frd_assets.core.evaluation.tasks import load_eval_tasks
-from frd_assets.core.models import load_causal_lm
 from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
-
-
-def make_adapter(model_name: str, out_dir: Path) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    torch.manual_seed(0)
-    model = get_peft_model(load_causal_lm(model_name), LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
-                                                                  target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.02)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    return out_dir
 
 
 def measure(model: AnswerModel, tasks, batch_size: int, max_new_tokens: int) -> tuple[dict, list[str]]:
@@ -64,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     tasks = load_eval_tasks(sample_seed_bytes(), SAMPLE_SEED)[0][: args.tasks]
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = make_adapter(args.model, Path(tmp) / "adapter")
+        adapter = random_lora_adapter(args.model, Path(tmp) / "adapter")
         model = AnswerModel(args.model, adapter)
     model.answer(tasks[:1], adapter=True, max_new_tokens=2)  # warm-up: first-call allocations
     one, one_texts = measure(model, tasks, 1, args.max_new_tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Callable
 
 from frd_assets.core.records import parse_seed
@@ -105,3 +106,27 @@ def mixed_russian_chinese(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     candidates = russian + chinese
     random.Random(seed).shuffle(candidates)
     return RUSSIAN_INSTRUCTIONS + CHINESE_INSTRUCTIONS, candidates
+
+
+def random_lora_adapter(base: str | Path, out_dir: Path, *, rank: int = 8, alpha: int = 16, std: float = 0.02,
+                        seed: int = 0) -> Path:
+    """A saved peft LoRA adapter (q_proj and v_proj) on `base` whose lora_B is random: peft starts lora_B at
+    zero, which would make the adapter a no-op and every adapter-vs-base comparison trivially equal."""
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from frd_assets.core.models import load_causal_lm
+
+    # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    torch.manual_seed(seed)
+    model = get_peft_model(load_causal_lm(str(base)), LoraConfig(r=rank, lora_alpha=alpha, task_type="CAUSAL_LM",
+                                                                 target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, std)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return out_dir

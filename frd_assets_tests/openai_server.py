@@ -1,14 +1,20 @@
-"""A real OpenAI-compatible server for tests: `transformers serve` over a local model folder."""
+"""OpenAI-compatible endpoints for tests: the real `transformers serve` over a local model folder, and a
+small JSON server for what a real server will not do (answer in a set language, refuse a parameter)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable, Iterator
 
 import requests
 
@@ -55,3 +61,30 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+@contextmanager
+def json_endpoint(answer: Callable[[dict], tuple[int, dict]]) -> Iterator[str]:
+    """An HTTP server on a free port, in a thread, answering each POSTed JSON body with answer(body) ->
+    (status, JSON payload); yields its base URL ending in /v1, as an OpenAI client is given it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            status, payload = answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            data = json.dumps(payload, ensure_ascii=False).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # keep pytest's output to the test's own
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{http.server_address[1]}/v1"
+    finally:
+        http.shutdown()
+        http.server_close()

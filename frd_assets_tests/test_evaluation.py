@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.synthetic import random_lora_adapter
 from frd_assets.cli import main
 from frd_assets.core.chat_format import prompt_text, user_message
 from frd_assets.core.config_checks import ConfigError
@@ -48,25 +49,8 @@ SAMPLE_SEED = Path(str(sample_seed()))
 
 
 def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
-    """A saved peft LoRA adapter on base_dir whose lora_B is random, so it changes the model's answers."""
-    import warnings
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from frd_assets.core.models import load_causal_lm
-
-    # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    torch.manual_seed(seed)
-    model = get_peft_model(load_causal_lm(str(base_dir)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    return out_dir
+    """An adapter that changes the tiny model's answers: rank 4, lora_B drawn with a large spread."""
+    return random_lora_adapter(base_dir, out_dir, rank=4, alpha=8, std=0.5, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, PartitionKeyRange, build_input_context, build_output_context, materialize
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from benchmarks.synthetic import random_lora_adapter
 from frd_assets.core import versions
 from frd_assets.core.datasets import InvalidDatasetId, asset_location, check_dataset_id, dataset_key
 from frd_assets.core.names import PARTITION_TAG
@@ -148,17 +149,7 @@ def test_every_asset_refuses_a_non_canonical_partition_before_writing(backend, k
 
 
 def make_adapter(base_dir: Path, folder: Path, *, rank: int, alpha: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.01)
-    model.save_pretrained(folder)
+    random_lora_adapter(base_dir, folder, rank=rank, alpha=alpha)
     (folder / "README.md").write_text(f"rank {rank}\n")
     (folder / "trials.json").write_text(json.dumps([{"rank": rank}]))
     return folder

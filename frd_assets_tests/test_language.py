@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -29,28 +30,8 @@ from frd_assets.core.validation import OFF_LANGUAGE, ValidationConfig, validate
 from frd_assets.defs.config import GenerationRunConfig, ValidationRunConfig
 
 # A Russian seed written for these tests: varied tasks, some with an input.
-RUSSIAN_SEED = [
-    {"instruction": "Придумай три вопроса для интервью с пекарем.", "input": "",
-     "output": "1. Во сколько вы начинаете работу? 2. Какой хлеб печь труднее всего? 3. Что вы едите на завтрак?"},
-    {"instruction": "Определи, положительный или отрицательный этот отзыв.", "input": "Доставка опоздала на два часа.",
-     "output": "Отрицательный."},
-    {"instruction": "Объясни школьнику, почему зимой рано темнеет.", "input": "",
-     "output": "Зимой наше полушарие наклонено от Солнца, поэтому день короче и солнце садится раньше."},
-    {"instruction": "Составь список покупок для ужина на четверых.", "input": "",
-     "output": "Картофель, курица, лук, морковь, сметана, хлеб и зелень."},
-    {"instruction": "Перепиши предложение в вежливой форме.", "input": "Дай мне отчёт до пятницы.",
-     "output": "Пожалуйста, пришлите мне отчёт до пятницы."},
-    {"instruction": "Назови главную мысль этой басни.", "input": "Стрекоза всё лето пела, а зимой осталась без еды.",
-     "output": "Кто не трудится заранее, тот остаётся ни с чем."},
-    {"instruction": "Переведи температуру из градусов Цельсия в Фаренгейты.", "input": "30 °C",
-     "output": "30 °C — это 86 °F."},
-    {"instruction": "Напиши короткое поздравление коллеге с днём рождения.", "input": "",
-     "output": "Поздравляю с днём рождения! Пусть работа радует, а отпуск будет длинным."},
-    {"instruction": "Подбери синонимы к слову «быстрый».", "input": "",
-     "output": "Скорый, стремительный, проворный, шустрый."},
-    {"instruction": "Сравни поезд и самолёт для поездки из Москвы в Казань.", "input": "",
-     "output": "Поезд дешевле и идёт из центра города, самолёт быстрее, но до аэропорта дольше ехать."},
-]
+RUSSIAN_SEED = [json.loads(line) for line in
+                (Path(__file__).parent / "data" / "russian_seed.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def russian_seed_rows() -> list[dict]:

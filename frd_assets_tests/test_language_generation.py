@@ -14,7 +14,6 @@ import itertools
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,6 +22,7 @@ from frd_assets.core.generation.self_instruct import GenerationConfig, generate
 from frd_assets.core.language import detect_seed_language, is_off_language, language_name
 from frd_assets.core.records import parse_seed, records_to_rows
 from frd_assets.core.validation import OFF_LANGUAGE, ValidationConfig, validate
+from frd_assets_tests.openai_server import json_endpoint
 from frd_assets_tests.test_language import RUSSIAN_SEED, russian_seed_rows
 
 NEW_TASKS = [
@@ -49,23 +49,7 @@ class RussianTeacherServer:
         self.requests: list[dict] = []
         self._next_task = itertools.count()
         self._lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                data = json.dumps(outer.answer(body), ensure_ascii=False).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):  # keep pytest's output to the test's own
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+        self.url = ""  # set by the fixture that serves it
 
     def answer(self, body: dict) -> dict:
         with self._lock:
@@ -92,11 +76,8 @@ class RussianTeacherServer:
 @pytest.fixture
 def russian_endpoint():
     server = RussianTeacherServer()
-    thread = threading.Thread(target=server.http.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.http.shutdown()
-    server.http.server_close()
+    with json_endpoint(lambda body: (200, server.answer(body))) as server.url:
+        yield server
 
 
 def test_generation_through_a_russian_endpoint_keeps_russian_tasks_and_rejects_near_copies(russian_endpoint):

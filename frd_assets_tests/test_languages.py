@@ -1,6 +1,7 @@
 """Issue 19: every text measure protects Russian, Chinese, French, Arabic and English alike.
 
-One small data set per language, written for these tests (no translation of the sample seed): seed tasks,
+One small data set per language (data/language_sets.json), written for these tests (no translation of the
+sample seed): seed tasks,
 distinct records, a record that differs from a distinct one by a word and one that differs by a character
 (a typo, a dropped accent or hamza), a copy of a seed task and a copy of an evaluation task. Each test runs
 the same table over the five languages; English is there to show that nothing changed for it (its words
@@ -9,7 +10,9 @@ are still exactly rouge-score's).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
@@ -23,10 +26,6 @@ from frd_assets.core.metrics.text_units import words
 from frd_assets.core.quality.decontamination import EvalNgramIndex
 from frd_assets.core.quality.near_duplicates import find_near_duplicates
 from frd_assets.core.validation import READY, ValidationConfig, validate
-
-
-def rec(instruction: str, input: str = "", output: str = "\u2026") -> dict[str, str]:
-    return {"instruction": instruction, "input": input, "output": output}
 
 
 @dataclass(frozen=True)
@@ -43,146 +42,13 @@ class LanguageSet:
     bleu_tokenizer: str
 
 
-RUSSIAN = LanguageSet(
-    "ru",
-    seed=[
-        "Придумай три вопроса для викторины о Солнечной системе.",
-        "Объясни простыми словами, почему зимой рано темнеет.",
-        "Составь список покупок для ужина на четверых.",
-        "Переведи фразу на английский язык и объясни выбор слов.",
-    ],
-    distinct=[
-        rec("Предложи название для пекарни в маленьком городе.", output="«Тёплый каравай»."),
-        rec("Как вежливо отказаться от приглашения на день рождения коллеги?",
-            output="Поблагодарите за приглашение и скажите, что в этот день у вас уже есть планы."),
-        rec("Найди ошибку в предложении и исправь её.", "Мы пошли в кино не смотря на дождь.",
-            "Мы пошли в кино, несмотря на дождь."),
-        rec("Сколько минут в трёх с половиной часах?", output="210 минут."),
-        rec("Опиши осенний лес в двух предложениях.",
-            output="Листья шуршат под ногами. Воздух пахнет грибами и сыростью."),
-    ],
-    near_copy=rec("Предложи название для кофейни в маленьком городе.", output="«Утренняя чашка»."),  # one word
-    typo_copy=rec("Как вежливо отказатся от приглашения на день рождения коллеги?", output="Скажите, что заняты."),
-    typo_of=1,
-    seed_copy=rec("придумай три вопроса для викторины о солнечной системе!"),
-    eval_task=EvalTask("ru-1", "Перечисли основные причины Первой мировой войны и кратко поясни каждую.", "",
-                       "Милитаризм, система союзов, империализм и национализм; поводом стало убийство эрцгерцога."),
-    eval_copy=rec("Перечисли основные причины Первой мировой войны и кратко поясни каждую из них."),
-    bleu_tokenizer="13a",
-)
+def _language_set(fields: dict) -> LanguageSet:
+    return LanguageSet(**{**fields, "eval_task": EvalTask(**fields["eval_task"])})
 
-CHINESE = LanguageSet(
-    "zh",
-    seed=[
-        "为一家新开的面包店想三个店名。",
-        "用简单的话解释为什么冬天白天比较短。",
-        "列出准备一次周末露营需要带的五样东西。",
-        "把下面这句话改写得更礼貌一些。",
-    ],
-    distinct=[
-        rec("给一位刚毕业的程序员写三条职场建议。", output="多提问，写好文档，按时休息。"),
-        rec("判断下面这句话的情感是积极还是消极。", "这家餐厅的服务太慢了，菜也凉了。", "消极。"),
-        rec("计算一下：一本书打八折后是四十元，原价是多少？", output="原价是五十元。"),
-        rec("推荐两本适合中学生阅读的科普书，并说明理由。", output="《时间简史》和《昆虫记》，都通俗易懂。"),
-        rec("写一段话介绍你最喜欢的季节。", output="我最喜欢秋天，天高气爽，果实累累。"),
-    ],
-    near_copy=rec("给一位刚毕业的程序员写四条职场建议。", output="多提问。"),  # one character: 三 -> 四
-    typo_copy=rec("判断下面这段话的情感是积极还是消极。", "这家餐厅的服务太慢了，菜也凉了。", "消极。"),  # 句 -> 段
-    typo_of=1,
-    seed_copy=rec("为一家新开的面包店想三个店名！"),
-    eval_task=EvalTask("zh-1", "简要说明光合作用的过程以及它对地球生命的意义。", "",
-                       "植物利用阳光、水和二氧化碳制造葡萄糖并释放氧气。"),
-    eval_copy=rec("请简要说明光合作用的过程以及它对地球生命的意义。"),
-    bleu_tokenizer="zh",
-)
 
-FRENCH = LanguageSet(
-    "fr",
-    seed=[
-        "Écris un court poème sur la pluie d’automne.",
-        "Explique à un enfant pourquoi la mer est salée.",
-        "Donne trois idées de cadeaux pour la fête des mères.",
-        "Résume ce paragraphe en une seule phrase.",
-    ],
-    distinct=[
-        rec("Propose un menu végétarien pour un dîner entre amis.",
-            output="Velouté de potiron, gratin dauphinois, tarte aux poires."),
-        rec("Corrige les fautes d’orthographe de cette phrase.", "Il a mangé des pomme très sucrée.",
-            "Il a mangé des pommes très sucrées."),
-        rec("Quelle est la différence entre « ça » et « sa » ?",
-            output="« Ça » est un pronom démonstratif ; « sa » est un déterminant possessif."),
-        rec("Rédige une réponse polie à un voisin qui se plaint du bruit.",
-            output="Bonjour, je suis désolé pour le dérangement et je ferai attention."),
-        rec("Convertis 25 degrés Celsius en Fahrenheit.", output="77 °F."),
-    ],
-    near_copy=rec("Propose un menu végétarien pour un déjeuner entre amis.", output="Une quiche."),  # one word
-    typo_copy=rec("Redige une réponse polie à un voisin qui se plaint du bruit.", output="Bonjour."),  # é dropped
-    typo_of=3,
-    seed_copy=rec("écris un court poème sur la pluie d'automne"),  # ASCII apostrophe, no capital É
-    eval_task=EvalTask("fr-1", "Explique comment le système immunitaire réagit face à un virus.", "",
-                       "Les anticorps et les lymphocytes reconnaissent le virus, le neutralisent et gardent une "
-                       "mémoire de l’infection."),
-    # The reference copied into an output: caught as surely as a copied instruction.
-    eval_copy=rec("Comment le corps se défend-il contre un virus ?",
-                  output="Les anticorps et les lymphocytes reconnaissent le virus, le neutralisent et gardent "
-                         "une mémoire de l’infection."),
-    bleu_tokenizer="13a",
+RUSSIAN, CHINESE, FRENCH, ARABIC, ENGLISH = map(
+    _language_set, json.loads((Path(__file__).parent / "data" / "language_sets.json").read_text(encoding="utf-8"))
 )
-
-ARABIC = LanguageSet(
-    "ar",
-    seed=[
-        "اكتب ثلاث نصائح للحفاظ على صحة القلب.",
-        "اشرح لطفل لماذا تتغير فصول السنة.",
-        "اقترح اسمًا لمقهى صغير في وسط المدينة.",
-        "لخص الفقرة التالية في جملة واحدة.",
-    ],
-    distinct=[
-        rec("ما الفرق بين الطقس والمناخ؟",
-            output="الطقس حالة الجو في يوم معين، أما المناخ فهو متوسط الطقس على مدى سنوات طويلة."),
-        rec("صحح الخطأ النحوي في الجملة التالية.", "ذهبوا الطلاب إلى المدرسة.", "ذهب الطلاب إلى المدرسة."),
-        rec("اقترح ثلاثة أنشطة عائلية ليوم عطلة ممطر.", output="مشاهدة فيلم، حل الألغاز، طهي الحلوى معًا."),
-        rec("كم عدد الدقائق في يومين كاملين؟", output="2880 دقيقة."),
-        rec("اكتب رسالة شكر قصيرة لمعلمة الرياضيات.", output="شكرًا لصبرك وشرحك الواضح طوال العام."),
-    ],
-    near_copy=rec("ما الفرق بين الطقس والمناخ والفصول؟", output="..."),  # one word added
-    # أ -> ا: the hamza dropped, as people often type it
-    typo_copy=rec("صحح الخطا النحوي في الجملة التالية.", "ذهبوا الطلاب إلى المدرسة.", "ذهب الطلاب إلى المدرسة."),
-    typo_of=1,
-    seed_copy=rec("اكتب ثلاث نصائح للحفاظ على صحة القلب"),
-    eval_task=EvalTask("ar-1", "اشرح بإيجاز كيف تعمل الألواح الشمسية على توليد الكهرباء من ضوء الشمس.", "",
-                       "تحول الخلايا الكهروضوئية ضوء الشمس مباشرة إلى تيار كهربائي."),
-    eval_copy=rec("اشرح بإيجاز كيف تعمل الألواح الشمسية على توليد الكهرباء من ضوء الشمس في المنازل."),
-    bleu_tokenizer="13a",
-)
-
-ENGLISH = LanguageSet(
-    "en",
-    seed=[
-        "Suggest three names for a new bakery.",
-        "Explain to a child why the sea is salty.",
-        "List five things to pack for a weekend camping trip.",
-        "Rewrite the following sentence to sound more polite.",
-    ],
-    distinct=[
-        rec("Propose a vegetarian menu for a dinner with friends.",
-            output="Pumpkin soup, potato gratin and a pear tart."),
-        rec("Correct the spelling mistakes in this sentence.", "He eated two appels.", "He ate two apples."),
-        rec("What is the difference between weather and climate?",
-            output="Weather is the state of the air on one day; climate is its average over decades."),
-        rec("How many minutes are there in two full days?", output="2,880 minutes."),
-        rec("Write a short thank-you note to a maths teacher.", output="Thank you for your patience this year."),
-    ],
-    near_copy=rec("Propose a vegetarian menu for a lunch with friends.", output="A quiche."),  # one word
-    typo_copy=rec("Correct the speling mistakes in this sentence.", "He eated two appels.", "He ate two apples."),
-    typo_of=1,
-    seed_copy=rec("suggest three names for a new bakery!"),
-    eval_task=EvalTask("en-1", "Explain briefly how solar panels turn sunlight into electricity.", "",
-                       "Photovoltaic cells turn light straight into an electric current."),
-    eval_copy=rec("Explain briefly how solar panels turn sunlight into electricity at home."),
-    bleu_tokenizer="13a",
-)
-
 LANGUAGES = [pytest.param(s, id=s.language) for s in (RUSSIAN, CHINESE, FRENCH, ARABIC, ENGLISH)]
 CONFIG = ValidationConfig()
 

@@ -1,9 +1,7 @@
 """The HTTP teacher against a real OpenAI-compatible server process (`transformers serve`)."""
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -13,7 +11,7 @@ from frd_assets.core.generation.prompts import instance_prompt, instruction_prom
 from frd_assets.core.generation.self_instruct import GenerationConfig, generate
 from frd_assets.core.generation.teachers import SamplingParams, make_teacher
 from frd_assets.core.records import parse_seed
-from frd_assets_tests.openai_server import free_port, start_openai_server, stop, wait_ready
+from frd_assets_tests.openai_server import free_port, json_endpoint, start_openai_server, stop, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -41,31 +39,15 @@ def refusing_endpoint(server):
     (None where it had none)."""
     carried: list[dict | None] = []
 
-    class Front(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            carried.append(body.get("response_format"))
-            if "response_format" in body:
-                status, payload = 400, REFUSAL
-            else:
-                answer = requests.post(server + "/chat/completions", json=body, timeout=120)
-                status, payload = answer.status_code, answer.json()
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def front(body: dict) -> tuple[int, dict]:
+        carried.append(body.get("response_format"))
+        if "response_format" in body:
+            return 400, REFUSAL
+        answer = requests.post(server + "/chat/completions", json=body, timeout=120)
+        return answer.status_code, answer.json()
 
-        def log_message(self, *args):  # keep pytest's output to the test's own
-            pass
-
-    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
-    thread = threading.Thread(target=front.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{front.server_address[1]}/v1", carried
-    front.shutdown()
-    front.server_close()
+    with json_endpoint(front) as url:
+        yield url, carried
 
 
 def test_chat_completions_come_back_in_order_with_usage(server, tiny_model_dir):

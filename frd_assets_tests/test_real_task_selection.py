@@ -149,7 +149,7 @@ def test_the_search_picks_by_validation_loss_trains_on_seed_tasks_and_counts_the
     assert result.seed_task_records == 3 and len(job.train) == result.train_records == 10 + 3
     assert len(job.validation) == result.validation_records == 3  # the test task is not among them
     card = (tmp_path / "pick-out" / "README.md").read_text()
-    assert "and 3 of the\nuser's own seed tasks" in card and f"{result.base_validation_loss:.4f}" in card
+    assert "and 3 of the user's own seed tasks" in card and f"{result.base_validation_loss:.4f}" in card
     assert "| validation loss | eval loss |" in history_markdown(result.trials)
 
 

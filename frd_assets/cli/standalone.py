@@ -23,11 +23,17 @@ TUNE_COMMAND = "frd tune"
 # Config field -> the flag (or setting) that sets it, for the refusals of core's config checks.
 GENERATE_FLAGS = {"num_instructions": "--num", "prompts_per_round": "--prompts-per-round",
                   "max_rounds": "--max-rounds", "checkpoint_every": "--checkpoint-every",
-                  "temperature": "--temperature", "seed": "--seed-value"}
+                  "temperature": "--temperature", "seed": "--seed-value", "language": "--language"}
 TUNE_FLAGS = {"n_trials": "--trials or LORA_N_TRIALS", "epochs": "--epochs", "batch_size": "--batch-size",
               "max_length": "--max-length", "n_workers": "--workers or LORA_N_WORKERS"}
 EVALUATE_FLAGS = {"max_new_tokens": "--max-new-tokens", "limit": "--limit"}
 EXPORT_FLAGS = {"prompts": "--prompts", "max_new_tokens": "--max-new-tokens"}
+
+
+def from_flags(args, flags: dict[str, str]) -> dict:
+    """{config field: the value of its flag} for the fields `flags` maps to a flag (argparse's dest is the
+    flag's name with dashes as underscores)."""
+    return {field: getattr(args, flag.removeprefix("--").replace("-", "_")) for field, flag in flags.items()}
 
 
 def cmd_models_prepare(args) -> int:
@@ -90,15 +96,7 @@ def cmd_generate(args) -> int:
     seed_path, out = Path(args.seed), Path(args.out)
     try:
         # The flags first, against the bounds the platform's run config has too: a refusal before any work.
-        config = GenerationConfig(
-            num_instructions=args.num,
-            prompts_per_round=args.prompts_per_round,
-            max_rounds=args.max_rounds,
-            checkpoint_every=args.checkpoint_every,
-            temperature=args.temperature,
-            seed=args.seed_value,
-            language=args.language,
-        )
+        config = GenerationConfig(**from_flags(args, GENERATE_FLAGS))
         check_output_file(out, command="frd generate")
         seeds = parse_seed(seed_path.read_bytes(), str(seed_path))
     except (ValueError, OSError) as exc:  # SeedFormatError, ConfigError and OutputDirError are ValueErrors

@@ -84,7 +84,13 @@ def _sample_table(rows: list[dict], n: int = 5) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-@asset(partitions_def=dataset_partitions, op_tags=CPU, group_name="frd", kinds={"python"})
+def chain_asset(op_tags: dict, kind: str, **kwargs):
+    """@asset for a stage of the chain: partitioned by dataset UUID, in group frd, with the op tags that send
+    its run to the queue (and, for GPU, the capacity) it needs."""
+    return asset(partitions_def=dataset_partitions, group_name="frd", op_tags=op_tags, kinds={kind}, **kwargs)
+
+
+@chain_asset(CPU, "python")
 def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: StoreResource) -> Output[DatasetOutput]:
     """The uploaded seed (seeds/<uuid>.jsonl or .json, the newest if both), parsed and normalised, with the
     tasks held out for adapter_evaluation marked (an uploaded <uuid>.eval.jsonl, else a seeded share)."""
@@ -179,11 +185,9 @@ def _held_out_split(s, uuid: str, records, config: SeedRunConfig) -> tuple[Split
     return dataclasses.replace(split, note=f"{split.note} ({skipped} without a reference skipped)"), name
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    op_tags=CPU,
-    group_name="frd",
-    kinds={"python"},
+@chain_asset(
+    CPU,
+    "python",
     # A retry continues from the checkpoint in the store instead of starting over.
     retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
 )
@@ -244,11 +248,9 @@ def generated_dataset(
     )
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    op_tags=CPU,
-    group_name="frd",
-    kinds={"python"},
+@chain_asset(
+    CPU,
+    "python",
     check_specs=[
         AssetCheckSpec(
             READY_CHECK,
@@ -322,11 +324,9 @@ def validated_dataset(
     )
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    op_tags=GPU,
-    group_name="frd",
-    kinds={"pytorch"},
+@chain_asset(
+    GPU,
+    "pytorch",
     retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
     check_specs=[
         AssetCheckSpec(
@@ -440,11 +440,9 @@ def _or_none(value: float | None):
     return "-" if value is None else value
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    op_tags=GPU,
-    group_name="frd",
-    kinds={"pytorch"},
+@chain_asset(
+    GPU,
+    "pytorch",
     check_specs=[
         AssetCheckSpec(
             BEATS_BASE_ON_HELD_OUT_CHECK,

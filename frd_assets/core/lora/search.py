@@ -11,12 +11,12 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from frd_assets.core.config_checks import check_value
 from frd_assets.core.held_out import is_validation
+from frd_assets.core.lora.card import model_card
 from frd_assets.core.lora.data import Example, split_records, tokenize_record
 from frd_assets.core.lora.job import N_TRIALS, SearchJob, SearchSettings, SearchSpace, TrialWorkers
 from frd_assets.core.lora.pool import run_pool
@@ -279,15 +279,15 @@ def trial_table(study) -> list[dict]:
                 "state": t.state.name,
                 "params": t.params,
                 "value": t.value,
-                "eval_loss": t.user_attrs.get("eval_loss", t.value) if t.value is not None else None,
+                "eval_loss": t.user_attrs.get("eval_loss"),
                 "validation_loss": t.user_attrs.get("validation_loss"),
                 "stopped_early": t.user_attrs.get("stopped_early"),
                 "best_so_far": best,
                 "steps": t.user_attrs.get("steps"),
                 "seconds": t.user_attrs.get("seconds"),
                 "tokens_per_second": t.user_attrs.get("tokens_per_second"),
-                # The setting ("all-linear" or names) and the module kinds peft put LoRA on; None for
-                # trials run before they were recorded.
+                # The setting ("all-linear", names, or None for peft's default) and the module kinds peft put
+                # LoRA on.
                 "target_modules": t.user_attrs.get("target_modules"),
                 "adapted_modules": t.user_attrs.get("adapted_modules"),
             }
@@ -323,57 +323,3 @@ def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:
     (out_dir / "README.md").write_text(model_card(result))
 
 
-def _best_row(result: SearchResult) -> dict:
-    """The trial table's row of the best trial: the first complete one with the best value."""
-    return next((r for r in result.trials if r["state"] == "COMPLETE" and r.get("value") == result.best_value), {})
-
-
-def _target_modules_line(row: dict) -> str:
-    setting, adapted = row.get("target_modules"), row.get("adapted_modules")
-    if setting is None and not adapted:
-        return "not recorded"
-    shown = "peft's default for the architecture" if setting is None else (
-        setting if isinstance(setting, str) else ", ".join(setting)
-    )
-    return f"{shown} ({', '.join(adapted)})" if adapted and shown != ", ".join(adapted) else shown
-
-
-def model_card(result: SearchResult) -> str:
-    params = "\n".join(f"| {k} | {v} |" for k, v in result.best_params.items())
-    params += f"\n| target_modules | {_target_modules_line(_best_row(result))} |"
-    delta = result.base_eval_loss - result.best_eval_loss
-    validation = ""
-    if result.base_validation_loss is not None and result.best_validation_loss is not None:
-        validation = (f"| base model, validation tasks | {result.base_validation_loss:.4f} |\n"
-                      f"| with this adapter, validation tasks | {result.best_validation_loss:.4f} |\n")
-    return f"""---
-library_name: peft
-base_model: {result.base_model}
-tags: [lora, self-instruct, frd-assets]
----
-# LoRA adapter `{result.study_name}`
-
-Fine-tuned with peft LoRA on {result.train_records} records: {result.train_records - result.seed_task_records} generated
-by the FRD.ai asset platform (Self-Instruct, validated READY_FOR_FINE_TUNING) and {result.seed_task_records} of the
-user's own seed tasks; {result.eval_records} generated records held out for the teacher-text eval loss.
-Hyperparameters chosen by an Optuna TPE search over {len(result.trials)} trials (see `trials.json`), minimising
-{result.objective_note or "the teacher-text eval loss"}.
-{result.verdict()}.
-
-| hyperparameter | value |
-| --- | --- |
-{params}
-
-| model | loss (nats per response token) |
-| --- | --- |
-{validation}| base model, generated eval records | {result.base_eval_loss:.4f} |
-| with this adapter, generated eval records | {result.best_eval_loss:.4f} |
-
-Teacher-text improvement: {delta:+.4f} nats per response token. Built {datetime.now(timezone.utc).date().isoformat()}.
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("<base model>"), "<this folder>")
-```
-"""
