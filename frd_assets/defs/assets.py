@@ -288,7 +288,7 @@ def validated_dataset(
         DatasetOutput(
             report.valid_rows if ready else [],
             files={VALIDATION_REPORT_FILE: report.to_json().encode(), CARD_FILE: card.encode()},
-            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"],
+            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": report.failed_gate_names,
                   INPUTS: inputs},
         ),
         metadata={
@@ -299,9 +299,9 @@ def validated_dataset(
             "invalid_records": MetadataValue.json(report.invalid_records),
             "contaminated": MetadataValue.json(summary["decontamination"]),
             "near_duplicates": MetadataValue.json(summary["near_duplicates"]),
-            "judge_scores": MetadataValue.json(summary["judge"]) if summary["judge"] else summary["judge_note"],
+            "judge_scores": MetadataValue.json(summary["judge"]) if report.judge else report.judge_note,
             "language": MetadataValue.json(summary["language"]),
-            "failed_gates": MetadataValue.json(summary["failed_gates"]),
+            "failed_gates": MetadataValue.json(report.failed_gate_names),
             "report": MetadataValue.json(summary),
             **{f"gate/{k}": v for k, v in gates.items()},
         },
@@ -312,13 +312,13 @@ def validated_dataset(
         judged = generated_dataset.version.version
         removed = versions.remove_version(store.get_store(), *asset_location(GENERATED_DATASET, uuid), judged,
                                           log=context.log.info)
-        context.log.warning(f"dataset {uuid} DELETED: failed gates {summary['failed_gates']}; "
+        context.log.warning(f"dataset {uuid} DELETED: failed gates {report.failed_gate_names}; "
                             f"removed generated version {judged} ({removed} object(s))")
     yield AssetCheckResult(
         check_name=READY_CHECK,
         passed=ready,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"verdict": report.verdict, "failed_gates": MetadataValue.json(summary["failed_gates"])},
+        metadata={"verdict": report.verdict, "failed_gates": MetadataValue.json(report.failed_gate_names)},
     )
 
 
