@@ -7,7 +7,7 @@ call drops; see core/language.py), not sharing a word n-gram with an evaluation 
 not a near-duplicate of a seed task or of an earlier kept record (`near_duplicate`), and, when a judge is
 given, not scored below `min_judge_score` (`low_judge_score`): the judge is the only check that costs model
 calls, so it sees the fewest records. Then `validate` measures the kept records against every gate's
-threshold and gives the verdict.
+threshold and gives the verdict, a ValidationReport (core/validation_report.py: each filter's account typed).
 
 Exact repeats within the set keep their own reason, `duplicate` (same instruction and input after case
 and surrounding space), because that check needs no words and so also covers text with no letter or digit
