@@ -131,7 +131,7 @@ class JudgeAccount:
                 "unparsable_examples": list(self.unparsable_examples)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ValidationReport:
     verdict: str
     records: int

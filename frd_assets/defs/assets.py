@@ -278,7 +278,7 @@ def validated_dataset(
     _seeds, held_out = partition(rows_to_records(seed_dataset))
     report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build(),
                       seed_language_found=_stored_language(context, uuid))
-    summary = report.to_dict()
+    summary = report.to_dict()  # the stored form: the metadata's JSON entries are its parts, as in the file
     card = dataset_card(report, dataset_id=uuid, seed_name=_seed_source(context, uuid), teacher_name=teacher.model)
     ready = report.verdict == READY
     inputs = {GENERATED_DATASET: generated_dataset.version.version, SEED_DATASET: seed_dataset.version.version}
