@@ -112,12 +112,12 @@ def test_the_gate_drops_a_record_in_another_language_and_counts_it():
     report = validate(rows, russian_seed_rows(), ValidationConfig())
     assert report.invalid_records == {OFF_LANGUAGE: 1}
     lang = report.language
-    assert (lang["language"], lang["language_name"], lang[OFF_LANGUAGE], lang["checked"]) == ("ru", "Russian", 1, 6)
-    assert lang["off_language_share"] == round(1 / 6, 4) and lang["language_detector"].startswith("py3langid")
+    assert (lang.expected.code, lang.expected.name, lang.off_language, lang.checked) == ("ru", "Russian", 1, 6)
+    assert lang.off_language_share == round(1 / 6, 4) and lang.expected.detector.startswith("py3langid")
     assert "off_language|detector:py3langid" in report.gates[0].signature
     # Overridden to English, the Russian records are the ones off the language.
     english = validate(rows, russian_seed_rows(), ValidationConfig(language="en"))
-    assert english.invalid_records == {OFF_LANGUAGE: 5} and english.language["language_detector"] == "run config"
+    assert english.invalid_records == {OFF_LANGUAGE: 5} and english.language.expected.detector == "run config"
 
 
 def test_the_card_yaml_names_the_datasets_language():
@@ -128,7 +128,7 @@ def test_the_card_yaml_names_the_datasets_language():
     assert "## Language" in card and "1 of 6 records (16.7%)" in card
     # No seed instruction and no configured language: the card does not claim one.
     unknown = validate(RUSSIAN_RECORDS, [], ValidationConfig())
-    assert unknown.language == {} and "language" not in yaml.safe_load(
+    assert unknown.language is None and "language" not in yaml.safe_load(
         dataset_card(unknown, dataset_id="d", seed_name="s", teacher_name="t")[4:].partition("\n---\n")[0])
 
 

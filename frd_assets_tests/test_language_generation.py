@@ -104,5 +104,5 @@ def test_generation_through_a_russian_endpoint_keeps_russian_tasks_and_rejects_n
     assert ENGLISH_TASK not in kept and result.rejected[OFF_LANGUAGE] >= 1, result.rejected
     # The gate keeps them all and counts no record off the language.
     report = validate(records_to_rows(result.records), russian_seed_rows(), ValidationConfig())
-    assert report.language["language"] == "ru" and report.language[OFF_LANGUAGE] == 0
+    assert report.language.expected.code == "ru" and report.language.off_language == 0
     assert OFF_LANGUAGE not in report.invalid_records and report.valid_records == 6, report.invalid_records

@@ -129,7 +129,7 @@ def test_the_gate_drops_each_copy_for_its_reason_and_passes_the_distinct_records
     assert 0 < gates["seed_rouge_l_mean"].value < CONFIG.max_seed_rouge_l
     assert 0 < gates["pairwise_rouge_l_mean"].value < CONFIG.max_pairwise_rouge_l
     for signature in (gates["seed_rouge_l_mean"].signature, gates["pairwise_rouge_l_mean"].signature,
-                      report.near_duplicates["signature"], report.decontamination["signature"]):
+                      report.near_duplicates.signature, report.decontamination.signature):
         assert "tokenizer:unicode-v1" in signature
     assert f"tok:{data.bleu_tokenizer}" in gates["seed_bleu"].signature
     assert f"tok:{data.bleu_tokenizer}" in gates["self_bleu"].signature

@@ -209,8 +209,8 @@ def test_held_out_seed_records_and_evaluation_tasks_decontaminate_alike():
     as_record = Record("held-7", EVAL.instruction, EVAL.input, EVAL.reference, {"split": "held_out"})
     for task, task_id in ((EVAL, "sky-1"), (as_record, "held-7")):
         report = validate(GOOD + [SHARES_8], SEEDS, ValidationConfig(), eval_tasks=[task])
-        assert report.decontamination["contaminated"][0]["task_id"] == task_id
-        assert report.decontamination["eval_tasks"] == 1
+        assert report.decontamination.contaminated[0].task_id == task_id
+        assert report.decontamination.eval_tasks == 1
 
 
 def test_the_first_matching_task_is_named():
@@ -292,7 +292,7 @@ def test_records_below_min_judge_score_are_dropped_and_unparsable_ones_kept_and_
     gate = next(g for g in report.gates if g.name == "judge_score_mean")
     assert (gate.value, gate.threshold, gate.passed) == (3.0, 3.5, False)
     assert gate.signature == "judge_score|judge:scripted|rubric:record-rubric-v1|temperature:0|scored:5|unparsable:1"
-    assert report.verdict == DELETED and report.to_dict()["failed_gates"] == ["judge_score_mean"]
+    assert report.verdict == DELETED and report.failed_gate_names == ["judge_score_mean"]
     assert report.judge_note.startswith("scored by scripted")
     relaxed = validate(GOOD, SEEDS, ValidationConfig(min_judge_score_mean=3.0), judge=Judge(ScriptedTeacher(SCRIPT)))
     assert relaxed.verdict == READY
@@ -300,7 +300,7 @@ def test_records_below_min_judge_score_are_dropped_and_unparsable_ones_kept_and_
 
 def test_min_judge_score_is_the_cut():
     report = validate(GOOD, SEEDS, ValidationConfig(min_judge_score=1), judge=Judge(ScriptedTeacher(SCRIPT)))
-    assert report.invalid_records == {} and report.judge["dropped_low_score"] == 0
+    assert report.invalid_records == {} and report.judge.dropped_low_score == 0
     report = validate(GOOD, SEEDS, ValidationConfig(min_judge_score=5), judge=Judge(ScriptedTeacher(SCRIPT)))
     assert report.invalid_records == {"low_judge_score": 4}  # only the 5 and the unparsable reply stay
 
@@ -308,8 +308,8 @@ def test_min_judge_score_is_the_cut():
 def test_no_record_scored_fails_the_judge_gate_and_keeps_every_record():
     teacher = ScriptedTeacher({r["instruction"]: "Looks fine to me." for r in GOOD})
     report = validate(GOOD, SEEDS, ValidationConfig(), judge=Judge(teacher))
-    assert report.valid_records == len(GOOD) and report.judge["unparsable"] == len(GOOD)
-    assert report.judge["mean"] is None
+    assert report.valid_records == len(GOOD) and report.judge.unparsable == len(GOOD)
+    assert report.judge.mean is None
     gate = next(g for g in report.gates if g.name == "judge_score_mean")
     assert (gate.value, gate.passed) == (0.0, False)
 
@@ -341,14 +341,14 @@ def test_scoring_no_records_asks_nothing():
 
 def check_counting(report, n):
     judged = report.judge
-    assert judged["records_judged"] == n
-    assert judged["records_scored"] + judged["unparsable"] == n
-    assert sum(judged["distribution"].values()) == n
-    low = sum(judged["distribution"][str(s)] for s in range(1, judged["min_judge_score"]))
-    assert judged["dropped_low_score"] == low == report.invalid_records.get("low_judge_score", 0)
+    assert judged.records_judged == n
+    assert judged.records_scored + judged.unparsable == n
+    assert sum(judged.distribution.values()) == n
+    low = sum(judged.distribution[str(s)] for s in range(1, judged.min_judge_score))
+    assert judged.dropped_low_score == low == report.invalid_records.get("low_judge_score", 0)
     assert report.valid_records == n - low
     gate = next(g for g in report.gates if g.name == "judge_score_mean")
-    assert gate.value == (judged["mean"] if judged["records_scored"] else 0.0)
+    assert gate.value == (judged.mean if judged.records_scored else 0.0)
 
 
 @pytest.mark.slow
@@ -356,7 +356,7 @@ def test_judge_scores_through_an_openai_compatible_endpoint(server, tiny_model_d
     judge = make_judge(base_url=server, model=str(tiny_model_dir), api_key="sk-test", max_new_tokens=24)
     report = validate(GOOD[:3], SEEDS, ValidationConfig(min_valid_records=2), judge=judge)
     check_counting(report, 3)
-    assert report.judge["model"].startswith(f"{tiny_model_dir} @ 127.0.0.1:")
+    assert report.judge.model.startswith(f"{tiny_model_dir} @ 127.0.0.1:")
 
 
 @pytest.mark.slow
@@ -364,4 +364,4 @@ def test_judge_scores_through_a_local_model(tiny_model_dir):
     judge = make_judge(model=str(tiny_model_dir), max_new_tokens=24)
     report = validate(GOOD, SEEDS, ValidationConfig(), judge=judge)
     check_counting(report, len(GOOD))
-    assert report.judge["model"] == f"{tiny_model_dir} (local transformers)"
+    assert report.judge.model == f"{tiny_model_dir} (local transformers)"

@@ -63,7 +63,7 @@ def test_copying_the_seeds_is_dropped_as_near_duplicate():
     report = validate(copies, SEEDS, ValidationConfig())
     assert report.verdict == DELETED and report.valid_records == 0
     assert report.invalid_records == {"near_duplicate": 6}
-    assert report.near_duplicates["of_seed"] == 6 and report.near_duplicates["within_set"] == 0
+    assert report.near_duplicates.of_seed == 6 and report.near_duplicates.within_set == 0
 
 
 # near_duplicate_threshold 1.0: only identical shingle sets are near-duplicates, so records close to the seed
@@ -90,7 +90,7 @@ def test_repetitive_set_is_cut_to_its_first_record():
     report = validate(REPETITIVE, SEEDS, ValidationConfig())
     assert report.valid_rows == REPETITIVE[:1]  # one word apart: Jaccard 8/10, the first of the cluster stays
     assert report.invalid_records == {"near_duplicate": 9}
-    assert report.near_duplicates["within_set"] == 9 and report.verdict == DELETED
+    assert report.near_duplicates.within_set == 9 and report.verdict == DELETED
 
 
 def test_repetitive_set_fails_diversity_gates():
@@ -103,7 +103,7 @@ def test_too_few_or_too_many_invalid_records_fail():
     assert validate(GOOD[:2], SEEDS, ValidationConfig()).verdict == DELETED
     junk = [{"instruction": "", "input": "", "output": ""}] * 10
     report = validate(GOOD + junk, SEEDS, ValidationConfig())
-    assert report.verdict == DELETED and [g.name for g in report.failed_gates] == ["valid_share"]
+    assert report.verdict == DELETED and report.failed_gate_names == ["valid_share"]
 
 
 def test_report_carries_signatures():

@@ -15,8 +15,12 @@ import shutil
 import sys
 import uuid as uuid_lib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from frd_assets.cli.common import EXIT_DELETED, bad_input, open_configured_store, shorten
+
+if TYPE_CHECKING:
+    from frd_assets.core.validation_report import ValidationReport
 
 # The owner an output folder's marker names, so a re-run may replace its own output (core/output_dirs.py).
 TUNE_COMMAND = "frd tune"
@@ -124,7 +128,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def format_report(report, source: str) -> str:
+def format_report(report: ValidationReport, source: str) -> str:
     invalid = report.records - report.valid_records
     lines = [
         f"{source}: {report.verdict}",
@@ -133,25 +137,25 @@ def format_report(report, source: str) -> str:
     for reason, count in sorted(report.invalid_records.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {reason}: {count}")
     lang = report.language
-    lines.append(f"language: {lang['language_note']}; {lang['off_language']} of {lang['checked']} records off it"
+    lines.append(f"language: {lang.expected.note}; {lang.off_language} of {lang.checked} records off it"
                  if lang else "language: not determined (give --seed, or --config '{\"language\": \"ru\"}')")
     lines.append("gates:")
     for g in report.gates:
         lines.append(f"  {'pass' if g.passed else 'FAIL'}  {g.name} = {g.value:.4g} (threshold {g.threshold:g})")
     decon = report.decontamination
-    if decon.get("eval_tasks"):
-        lines.append(f"decontamination: {len(decon['contaminated'])} records share a word {decon['ngram']}-gram "
-                     f"with the {decon['eval_tasks']} evaluation tasks")
-        lines += [f"  {shorten(c['instruction'], 60)!r} ~ task {c['task_id']}: {shorten(c['task_instruction'], 60)!r}"
-                  for c in decon["contaminated"][:10]]
+    if decon.note is None:
+        lines.append(f"decontamination: {len(decon.contaminated)} records share a word {decon.ngram}-gram "
+                     f"with the {decon.eval_tasks} evaluation tasks")
+        lines += [f"  {shorten(c.instruction, 60)!r} ~ task {c.task_id}: {shorten(c.task_instruction, 60)!r}"
+                  for c in decon.contaminated[:10]]
     else:
-        lines.append(f"decontamination: {decon.get('note', 'not run')} (give --decontaminate FILE)")
+        lines.append(f"decontamination: {decon.note} (give --decontaminate FILE)")
     if report.judge is None:
         lines.append(f"judge: {report.judge_note} (give --judge-model, or JUDGE_MODEL)")
     else:
         j = report.judge
-        dist = ", ".join(f"{k}: {v}" for k, v in j["distribution"].items())
-        lines.append(f"judge: {j['model']}, {j['records_scored']} of {j['records_judged']} scored ({dist})")
+        dist = ", ".join(f"{k}: {v}" for k, v in j.distribution.items())
+        lines.append(f"judge: {j.model}, {j.records_scored} of {j.records_judged} scored ({dist})")
     return "\n".join(lines)
 
 

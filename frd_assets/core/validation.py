@@ -7,7 +7,7 @@ call drops; see core/language.py), not sharing a word n-gram with an evaluation 
 not a near-duplicate of a seed task or of an earlier kept record (`near_duplicate`), and, when a judge is
 given, not scored below `min_judge_score` (`low_judge_score`): the judge is the only check that costs model
 calls, so it sees the fewest records. Then `validate` measures the kept records against every gate's
-threshold and gives the verdict.
+threshold and gives the verdict, a ValidationReport (core/validation_report.py: each filter's account typed).
 
 Exact repeats within the set keep their own reason, `duplicate` (same instruction and input after case
 and surrounding space), because that check needs no words and so also covers text with no letter or digit
@@ -16,10 +16,9 @@ at all, which MinHash cannot see. Exact and near copies of a seed task are both 
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
@@ -35,6 +34,17 @@ from frd_assets.core.quality import decontamination, near_duplicates
 from frd_assets.core.quality.decontamination import EvalNgramIndex, EvalSource
 from frd_assets.core.quality.record_judge import RECORD_RUBRIC_VERSION, RecordScores, score_records
 from frd_assets.core.records import Record, loads_strict_json
+from frd_assets.core.validation_report import (
+    NO_JUDGE_NOTE,
+    ContaminatedRecord,
+    DecontaminationAccount,
+    Gate,
+    JudgeAccount,
+    LanguageAccount,
+    NearDuplicateAccount,
+    NearDuplicateExample,
+    ValidationReport,
+)
 
 if TYPE_CHECKING:
     from frd_assets.core.evaluation.judge import Judge
@@ -113,61 +123,11 @@ _VALIDATION_RULES = {
 }
 
 
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    value: float
-    threshold: float
-    passed: bool
-    signature: str = ""
-
-
 # Reasons a well-formed record is dropped, besides json_checks' per-record problems and `duplicate`.
 CONTAMINATED, NEAR_DUPLICATE, LOW_JUDGE_SCORE = "contaminated", "near_duplicate", "low_judge_score"
 OFF_LANGUAGE = "off_language"
-NO_JUDGE_NOTE = "no judge given: records were not scored and the judge_score_mean gate is absent"
 NO_EVAL_TASKS_NOTE = "no evaluation tasks given: records were not checked for contamination"
 EXAMPLES = 5  # near-duplicate pairs shown in the report: enough to see what was dropped, not all of them
-
-
-@dataclass
-class ValidationReport:
-    verdict: str
-    records: int
-    valid_records: int  # records kept: well-formed, and no filter dropped them
-    invalid_records: dict[str, int]  # records not kept, by their first reason
-    gates: list[Gate]
-    valid_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    near_duplicates: dict[str, Any] = field(default_factory=dict)
-    decontamination: dict[str, Any] = field(default_factory=dict)
-    judge: dict[str, Any] | None = None  # None: no judge was given, and so no judge gate
-    judge_note: str = NO_JUDGE_NOTE
-    # The language records were held to and how many were not in it (see drop_off_language); empty: no
-    # language could be told (no seed and none configured), so none was checked.
-    language: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def failed_gates(self) -> list[Gate]:
-        return [g for g in self.gates if not g.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The status record: everything but the rows themselves."""
-        return {
-            "verdict": self.verdict,
-            "records": self.records,
-            "valid_records": self.valid_records,
-            "invalid_records": dict(self.invalid_records),
-            "gates": [asdict(g) for g in self.gates],
-            "failed_gates": [g.name for g in self.failed_gates],
-            "near_duplicates": self.near_duplicates,
-            "decontamination": self.decontamination,
-            "judge": self.judge,
-            "judge_note": self.judge_note,
-            "language": self.language,
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 def read_records(data: bytes) -> tuple[list[Any], Counter]:
@@ -253,12 +213,12 @@ class Screening:
 
     kept: list[tuple[int, dict[str, Any]]]
     invalid: Counter
-    near_duplicates: dict[str, Any]
-    decontamination: dict[str, Any]
+    near_duplicates: NearDuplicateAccount
+    decontamination: DecontaminationAccount
     scores: RecordScores | None  # None: no judge
-    judge: dict[str, Any] | None
+    judge: JudgeAccount | None
     signature: str  # how the kept set was chosen: every check and filter with its settings
-    language: dict[str, Any] = field(default_factory=dict)  # drop_off_language's account
+    language: LanguageAccount | None  # None: no language could be told, so none was checked
 
 
 def _count(invalid: Counter, reason: str, n: int) -> None:
@@ -268,18 +228,18 @@ def _count(invalid: Counter, reason: str, n: int) -> None:
 
 def drop_off_language(
     kept: list[tuple[int, dict[str, Any]]], language: languages.SeedLanguage
-) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+) -> tuple[list[tuple[int, dict[str, Any]]], LanguageAccount]:
     """Drops records whose instruction is confidently in another language than the dataset's. Only a
     confident call drops (the detector gives the dataset's language under OFF_LANGUAGE_BELOW; see
     core/language.py): short instructions are often ambiguous between related languages, and a record in
     the right language must never be lost to a doubtful guess."""
     clean = [(i, row) for i, row in kept if not languages.is_off_language(row["instruction"], language.code)]
     dropped = len(kept) - len(clean)
-    account = {**language.metadata(), "checked": len(kept), OFF_LANGUAGE: dropped,
-               "off_language_share": round(dropped / len(kept), 4) if kept else 0.0,
-               "signature": f"off_language|detector:{languages.detector_name()}|language:{language.code}"
-                            f"|below:{languages.OFF_LANGUAGE_BELOW}"}
-    return clean, account
+    return clean, LanguageAccount(
+        language, checked=len(kept), off_language=dropped,
+        off_language_share=round(dropped / len(kept), 4) if kept else 0.0,
+        signature=f"off_language|detector:{languages.detector_name()}|language:{language.code}"
+                  f"|below:{languages.OFF_LANGUAGE_BELOW}")
 
 
 def dataset_language(
@@ -295,30 +255,27 @@ def dataset_language(
 
 def drop_contaminated(
     kept: list[tuple[int, dict[str, Any]]], eval_tasks: Sequence[EvalSource], config: ValidationConfig
-) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+) -> tuple[list[tuple[int, dict[str, Any]]], DecontaminationAccount]:
     """Drops records sharing a word n-gram with an evaluation task; the account lists each with its task."""
     n = config.decontamination_ngram
-    account: dict[str, Any] = {"ngram": n, "eval_tasks": len(eval_tasks), "contaminated": [],
-                               "signature": decontamination.signature(n, len(eval_tasks))}
+    signature = decontamination.signature(n, len(eval_tasks))
     if not eval_tasks:
-        return kept, {**account, "note": NO_EVAL_TASKS_NOTE}
+        return kept, DecontaminationAccount(n, 0, (), signature, note=NO_EVAL_TASKS_NOTE)
     index = EvalNgramIndex(eval_tasks, n)
-    clean = []
+    clean, found = [], []
     for i, row in kept:
         hit = index.match((row["instruction"], row["input"], row["output"]))
         if hit is None:
             clean.append((i, row))
             continue
-        account["contaminated"].append({
-            "row": i, "id": row.get("id"), "instruction": row["instruction"],
-            "task_id": hit.task_id, "task_instruction": hit.task_instruction, "ngram": hit.ngram,
-        })
-    return clean, account
+        found.append(ContaminatedRecord(i, row.get("id"), row["instruction"], hit.task_id, hit.task_instruction,
+                                        hit.ngram))
+    return clean, DecontaminationAccount(n, len(eval_tasks), tuple(found), signature)
 
 
 def drop_near_duplicates(
     kept: list[tuple[int, dict[str, Any]]], seed: Sequence[tuple[str, str]], config: ValidationConfig
-) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+) -> tuple[list[tuple[int, dict[str, Any]]], NearDuplicateAccount]:
     """Drops exact and near copies of seed tasks, and all but the first record of each near-duplicate cluster."""
     seed_keys = {_exact_key(ins, inp): j for j, (ins, inp) in enumerate(seed)}
     matches: list[near_duplicates.NearDuplicate | None] = [None] * len(kept)
@@ -339,42 +296,44 @@ def drop_near_duplicates(
             other = match.other if match.of_reference else rest[match.other]
             matches[k] = near_duplicates.NearDuplicate(k, match.of_reference, other, match.jaccard)
     dropped = [m for m in matches if m is not None]
-    account = {
-        "threshold": config.near_duplicate_threshold, "shingle_size": config.shingle_size,
-        "num_perm": config.num_perm,
-        "of_seed": sum(m.of_reference for m in dropped), "within_set": sum(not m.of_reference for m in dropped),
-        "examples": [_near_duplicate_example(m, kept, seed) for m in dropped[:EXAMPLES]],
-        "signature": near_duplicates.lsh_signature(threshold=config.near_duplicate_threshold,
-                                                   shingle_size=config.shingle_size, num_perm=config.num_perm),
-    }
+    account = NearDuplicateAccount(
+        threshold=config.near_duplicate_threshold, shingle_size=config.shingle_size, num_perm=config.num_perm,
+        of_seed=sum(m.of_reference for m in dropped), within_set=sum(not m.of_reference for m in dropped),
+        examples=tuple(_near_duplicate_example(m, kept, seed) for m in dropped[:EXAMPLES]),
+        signature=near_duplicates.lsh_signature(threshold=config.near_duplicate_threshold,
+                                                shingle_size=config.shingle_size, num_perm=config.num_perm),
+    )
     return [pair for pair, m in zip(kept, matches, strict=True) if m is None], account
 
 
-def _near_duplicate_example(m, kept, seed) -> dict[str, Any]:
+def _near_duplicate_example(
+    m: near_duplicates.NearDuplicate, kept: list[tuple[int, dict[str, Any]]], seed: Sequence[tuple[str, str]]
+) -> NearDuplicateExample:
     i, row = kept[m.index]
-    example = {"row": i, "instruction": row["instruction"], "input": row["input"], "jaccard": round(m.jaccard, 4)}
+    jaccard = round(m.jaccard, 4)
     if m.of_reference:
-        return {**example, "duplicate_of": "seed", "other_instruction": seed[m.other][0],
-                "other_input": seed[m.other][1]}
+        other_instruction, other_input = seed[m.other]
+        return NearDuplicateExample(i, row["instruction"], row["input"], jaccard, "seed", other_instruction,
+                                    other_input)
     other_i, other = kept[m.other]
-    return {**example, "duplicate_of": "row", "other_row": other_i, "other_instruction": other["instruction"],
-            "other_input": other["input"]}
+    return NearDuplicateExample(i, row["instruction"], row["input"], jaccard, "row", other["instruction"],
+                                other["input"], other_row=other_i)
 
 
 def drop_low_judge_scores(
     kept: list[tuple[int, dict[str, Any]]], judge: Judge, config: ValidationConfig
-) -> tuple[list[tuple[int, dict[str, Any]]], RecordScores, dict[str, Any]]:
+) -> tuple[list[tuple[int, dict[str, Any]]], RecordScores, JudgeAccount]:
     """Scores every kept record; drops those scored below min_judge_score and keeps the unparsable ones."""
     scores = score_records([row for _, row in kept], judge)
     survivors = [pair for pair, s in zip(kept, scores.scores, strict=True)
                  if s is None or s >= config.min_judge_score]
-    account = {
-        "model": scores.judge, "rubric_version": scores.rubric_version, "temperature": 0,
-        "records_judged": len(scores.scores), "records_scored": len(scores.scored), "unparsable": scores.unparsable,
-        "distribution": scores.distribution(), "mean": scores.mean,
-        "min_judge_score": config.min_judge_score, "dropped_low_score": len(kept) - len(survivors),
-        "unparsable_examples": scores.unparsable_examples(),
-    }
+    account = JudgeAccount(
+        model=scores.judge, rubric_version=scores.rubric_version,
+        records_judged=len(scores.scores), records_scored=len(scores.scored), unparsable=scores.unparsable,
+        distribution=scores.distribution(), mean=scores.mean,
+        min_judge_score=config.min_judge_score, dropped_low_score=len(kept) - len(survivors),
+        unparsable_examples=tuple(scores.unparsable_examples()),
+    )
     return survivors, scores, account
 
 
@@ -396,7 +355,7 @@ def screen_records(
     seed_texts = [_seed_text(t) for t in seed]
     kept, invalid = check_records(rows, config)
     language = dataset_language(seed_texts, config, seed_language_found)
-    lang_account: dict[str, Any] = {}
+    lang_account = None
     if language is not None:
         before = len(kept)
         kept, lang_account = drop_off_language(kept, language)
@@ -412,8 +371,8 @@ def screen_records(
         before = len(kept)
         kept, scores, judged = drop_low_judge_scores(kept, judge, config)
         _count(invalid, LOW_JUDGE_SCORE, before - len(kept))
-    parts = [record_checks_signature(config), *([lang_account["signature"]] if lang_account else []),
-             contamination["signature"], near["signature"]]
+    parts = [record_checks_signature(config), *([lang_account.signature] if lang_account else []),
+             contamination.signature, near.signature]
     if scores is not None:
         parts.append(f"{judge_signature(scores)}|min_judge_score:{config.min_judge_score}")
     return Screening(kept, invalid, near, contamination, scores, judged, "; ".join(parts), lang_account)
@@ -504,7 +463,8 @@ def validate(
     seed_instructions = [_seed_text(t)[0] for t in seed]
     # One tokenizer for both BLEU gates, from the seed: the dataset's language is the seed's, and a few
     # off-script records must not switch the tokenizer under the other gate.
-    tokenize = bleu_tokenizer(seed_instructions or instructions, language=screened.language.get("language"))
+    language = screened.language.expected.code if screened.language else None
+    tokenize = bleu_tokenizer(seed_instructions or instructions, language=language)
     if instructions and seed_instructions:
         gates += novelty_gates(instructions, seed_instructions, config, bleu_tokenize=tokenize)
     if len(instructions) >= 2:
@@ -514,5 +474,6 @@ def validate(
         gates.append(judge_gate(screened.scores, config))
         note = f"scored by {screened.scores.judge} on rubric {RECORD_RUBRIC_VERSION}"
     verdict = READY if all(g.passed for g in gates) else DELETED
-    return ValidationReport(verdict, n, len(kept), dict(invalid), gates, kept, screened.near_duplicates,
-                            screened.decontamination, screened.judge, note, screened.language)
+    return ValidationReport(verdict, n, len(kept), dict(invalid), gates, screened.near_duplicates,
+                            screened.decontamination, valid_rows=kept, judge=screened.judge, judge_note=note,
+                            language=screened.language)

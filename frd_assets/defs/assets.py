@@ -280,7 +280,7 @@ def validated_dataset(
     _seeds, held_out = partition(rows_to_records(seed_dataset))
     report = validate(generated_dataset, seed_dataset, config.core(), eval_tasks=held_out, judge=judge.build(),
                       seed_language_found=_stored_language(context, uuid))
-    summary = report.to_dict()
+    summary = report.to_dict()  # the stored form: the metadata's JSON entries are its parts, as in the file
     card = dataset_card(report, dataset_id=uuid, seed_name=_seed_source(context, uuid), teacher_name=teacher.model)
     ready = report.verdict == READY
     inputs = {GENERATED_DATASET: generated_dataset.version.version, SEED_DATASET: seed_dataset.version.version}
@@ -290,7 +290,7 @@ def validated_dataset(
         DatasetOutput(
             report.valid_rows if ready else [],
             files={VALIDATION_REPORT_FILE: report.to_json().encode(), CARD_FILE: card.encode()},
-            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": summary["failed_gates"],
+            meta={"dataset": uuid, "verdict": report.verdict, "failed_gates": report.failed_gate_names,
                   INPUTS: inputs},
         ),
         metadata={
@@ -301,9 +301,9 @@ def validated_dataset(
             "invalid_records": MetadataValue.json(report.invalid_records),
             "contaminated": MetadataValue.json(summary["decontamination"]),
             "near_duplicates": MetadataValue.json(summary["near_duplicates"]),
-            "judge_scores": MetadataValue.json(summary["judge"]) if summary["judge"] else summary["judge_note"],
+            "judge_scores": MetadataValue.json(summary["judge"]) if report.judge else report.judge_note,
             "language": MetadataValue.json(summary["language"]),
-            "failed_gates": MetadataValue.json(summary["failed_gates"]),
+            "failed_gates": MetadataValue.json(report.failed_gate_names),
             "report": MetadataValue.json(summary),
             **{f"gate/{k}": v for k, v in gates.items()},
         },
@@ -314,13 +314,13 @@ def validated_dataset(
         judged = generated_dataset.version.version
         removed = versions.remove_version(store.get_store(), *asset_location(GENERATED_DATASET, uuid), judged,
                                           log=context.log.info)
-        context.log.warning(f"dataset {uuid} DELETED: failed gates {summary['failed_gates']}; "
+        context.log.warning(f"dataset {uuid} DELETED: failed gates {report.failed_gate_names}; "
                             f"removed generated version {judged} ({removed} object(s))")
     yield AssetCheckResult(
         check_name=READY_CHECK,
         passed=ready,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"verdict": report.verdict, "failed_gates": MetadataValue.json(summary["failed_gates"])},
+        metadata={"verdict": report.verdict, "failed_gates": MetadataValue.json(report.failed_gate_names)},
     )
 
 

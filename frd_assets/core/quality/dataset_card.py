@@ -19,7 +19,7 @@ from frd_assets.core.datasets import data_file_name
 from frd_assets.core.names import VALIDATED_DATASET
 
 if TYPE_CHECKING:
-    from frd_assets.core.validation import ValidationReport
+    from frd_assets.core.validation_report import ValidationReport
 
 # The Hub's size buckets: (upper bound, label); a count at or above every bound is the last label.
 _SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
@@ -57,7 +57,7 @@ def dataset_card(
     and none when it could not tell (the Hub reads a missing field as unknown, a wrong one as a fact)."""
     pretty = pretty_name or f"FRD.ai instructions {dataset_id}"
     if languages is None:
-        languages = [report.language["language"]] if report.language else []
+        languages = [report.language.expected.code] if report.language else []
     data = DatasetCardData(
         license=license,
         language=list(languages) or None,  # None: the field is left out
@@ -82,7 +82,7 @@ def dataset_card(
         f"| dataset id | {_cell(dataset_id)} |",
         f"| seed | {_cell(seed_name)} |",
         f"| teacher | {_cell(teacher_name)} |",
-        f"| judge | {_cell(report.judge['model'] if report.judge else 'none')} |",
+        f"| judge | {_cell(report.judge.model if report.judge else 'none')} |",
         "",
         *_language(report),
         *_counts(report),
@@ -101,13 +101,13 @@ def dataset_card(
 
 def _language(report: ValidationReport) -> list[str]:
     lang = report.language
-    if not lang:
+    if lang is None:
         return ["## Language", "", "Not determined: no seed instructions and no `language` in the run config.", ""]
     return ["## Language", "",
-            f"{_inline(lang['language_note'])} (detector: {_inline(lang['language_detector'])}). "
-            f"{lang['off_language']} of {lang['checked']} records ({lang['off_language_share']:.1%}) had an "
+            f"{_inline(lang.expected.note)} (detector: {_inline(lang.expected.detector)}). "
+            f"{lang.off_language} of {lang.checked} records ({lang.off_language_share:.1%}) had an "
             "instruction confidently in another language and were dropped as `off_language`.", "",
-            f"Signature: `{lang['signature']}`", ""]
+            f"Signature: `{lang.signature}`", ""]
 
 
 def _counts(report: ValidationReport) -> list[str]:
@@ -130,33 +130,29 @@ def _gates(report: ValidationReport) -> list[str]:
 
 def _near_duplicates(report: ValidationReport) -> list[str]:
     nd = report.near_duplicates
-    if not nd:
-        return []
     return ["## Near-duplicates", "",
-            f"MinHash over word {nd['shingle_size']}-gram shingles of instruction and input, {nd['num_perm']} "
-            f"permutations, LSH candidates confirmed by exact Jaccard >= {nd['threshold']:g}: "
-            f"{nd['of_seed']} copies of seed tasks and {nd['within_set']} repeats within the set dropped.",
-            "", f"Signature: `{nd['signature']}`", ""]
+            f"MinHash over word {nd.shingle_size}-gram shingles of instruction and input, {nd.num_perm} "
+            f"permutations, LSH candidates confirmed by exact Jaccard >= {nd.threshold:g}: "
+            f"{nd.of_seed} copies of seed tasks and {nd.within_set} repeats within the set dropped.",
+            "", f"Signature: `{nd.signature}`", ""]
 
 
 def _decontamination(report: ValidationReport) -> list[str]:
     dc = report.decontamination
-    if not dc:
-        return []
     lines = ["## Decontamination", ""]
-    if not dc["eval_tasks"]:
-        return lines + [_inline(dc.get("note", "no evaluation tasks given")) + ".", ""]
-    found = dc["contaminated"]
-    lines += [f"Records sharing a word {dc['ngram']}-gram with any of the {dc['eval_tasks']} evaluation tasks "
+    if dc.note is not None:  # nothing was checked
+        return lines + [_inline(dc.note) + ".", ""]
+    found = dc.contaminated
+    lines += [f"Records sharing a word {dc.ngram}-gram with any of the {dc.eval_tasks} evaluation tasks "
               f"were dropped: {len(found)}.", ""]
     if found:
         lines += ["| record | evaluation task | shared n-gram |", "|---|---|---|"]
-        lines += [f"| {_cell(c['instruction'])} | {_cell(c['task_id'])}: {_cell(c['task_instruction'])} | "
-                  f"{_cell(c['ngram'])} |" for c in found[:CONTAMINATED_SHOWN]]
+        lines += [f"| {_cell(c.instruction)} | {_cell(c.task_id)}: {_cell(c.task_instruction)} | "
+                  f"{_cell(c.ngram)} |" for c in found[:CONTAMINATED_SHOWN]]
         if len(found) > CONTAMINATED_SHOWN:
             lines.append(f"\n{len(found) - CONTAMINATED_SHOWN} more in the validation report.")
         lines.append("")
-    return lines + [f"Signature: `{dc['signature']}`", ""]
+    return lines + [f"Signature: `{dc.signature}`", ""]
 
 
 def _judge(report: ValidationReport) -> list[str]:
@@ -164,11 +160,11 @@ def _judge(report: ValidationReport) -> list[str]:
     if report.judge is None:
         return lines + [_inline(report.judge_note) + ".", ""]
     j = report.judge
-    mean = "none scored" if j["mean"] is None else f"{j['mean']:.2f}"
-    lines += [f"Judge `{_inline(j['model'])}`, rubric {j['rubric_version']}, temperature 0: "
-              f"{j['records_scored']} of {j['records_judged']} records scored, mean {mean}; "
-              f"{j['dropped_low_score']} scored below {j['min_judge_score']} dropped; {j['unparsable']} replies "
+    mean = "none scored" if j.mean is None else f"{j.mean:.2f}"
+    lines += [f"Judge `{_inline(j.model)}`, rubric {j.rubric_version}, temperature {j.temperature}: "
+              f"{j.records_scored} of {j.records_judged} records scored, mean {mean}; "
+              f"{j.dropped_low_score} scored below {j.min_judge_score} dropped; {j.unparsable} replies "
               "unparsable (kept, not scored).", "",
               "| score | records |", "|---|---|"]
-    lines += [f"| {score} | {count} |" for score, count in j["distribution"].items()]
+    lines += [f"| {score} | {count} |" for score, count in j.distribution.items()]
     return lines + [""]
