@@ -5,52 +5,42 @@ and a report from a real run of the gate is checked to have exactly that shape."
 import json
 from dataclasses import replace
 
+from frd_assets.core import validation_report as vr
 from frd_assets.core.evaluation import Judge
 from frd_assets.core.language import SeedLanguage
 from frd_assets.core.validation import NO_EVAL_TASKS_NOTE, ValidationConfig, validate
-from frd_assets.core.validation_report import (
-    NO_JUDGE_NOTE,
-    ContaminatedRecord,
-    DecontaminationAccount,
-    Gate,
-    JudgeAccount,
-    LanguageAccount,
-    NearDuplicateAccount,
-    NearDuplicateExample,
-    ValidationReport,
-)
 from frd_assets_tests.test_quality import EVAL, GOOD, SCRIPT, SEEDS, SHARES_8, ScriptedTeacher, row
 
 ENGLISH = SeedLanguage("en", "English", 1.0, "py3langid 0.4.0", {"en": 2})
 
 
-def full_report() -> ValidationReport:
+def full_report() -> vr.ValidationReport:
     """A report with all four accounts, each filled in, built by hand so every value is known."""
-    return ValidationReport(
+    return vr.ValidationReport(
         verdict="DELETED",
         records=12,
         valid_records=5,
         invalid_records={"contaminated": 1, "near_duplicate": 2},
-        gates=[Gate("valid_records", 5.0, 4.0, True, "record_checks|x"),
-               Gate("judge_score_mean", 3.25, 3.5, False, "j")],
-        near_duplicates=NearDuplicateAccount(
+        gates=[vr.Gate("valid_records", 5.0, 4.0, True, "record_checks|x"),
+               vr.Gate("judge_score_mean", 3.25, 3.5, False, "j")],
+        near_duplicates=vr.NearDuplicateAccount(
             threshold=0.7, shingle_size=1, num_perm=128, of_seed=1, within_set=1,
-            examples=(NearDuplicateExample(9, "Name the biggest planet.", "", 0.7778, "row", "Name the largest planet.",
-                                           "", other_row=0),
-                      NearDuplicateExample(11, "Give three tips!", "in", 1.0, "seed", "Give three tips.", "in")),
+            examples=(vr.NearDuplicateExample(9, "Name the biggest planet.", "", 0.7778, "row",
+                                              "Name the largest planet.", "", other_row=0),
+                      vr.NearDuplicateExample(11, "Give three tips!", "in", 1.0, "seed", "Give three tips.", "in")),
             signature="near_duplicate|nd"),
-        decontamination=DecontaminationAccount(
+        decontamination=vr.DecontaminationAccount(
             ngram=8, eval_tasks=1,
-            contaminated=(ContaminatedRecord(6, None, "Why is the sky blue?", "sky-1", "Explain the blue sky.",
+            contaminated=(vr.ContaminatedRecord(6, None, "Why is the sky blue?", "sky-1", "Explain the blue sky.",
                                              "why the sky looks blue on a clear"),),
             signature="decontamination|dc"),
         valid_rows=[{"instruction": "never stored"}],
-        judge=JudgeAccount(model="scripted", rubric_version="record-rubric-v1", records_judged=7, records_scored=6,
+        judge=vr.JudgeAccount(model="scripted", rubric_version="record-rubric-v1", records_judged=7, records_scored=6,
                            unparsable=1, distribution={"1": 1, "2": 1, "3": 1, "4": 2, "5": 1, "unparsable": 1},
                            mean=3.25, min_judge_score=3, dropped_low_score=2,
                            unparsable_examples=("I cannot decide.",)),
         judge_note="scored by scripted on rubric record-rubric-v1",
-        language=LanguageAccount(ENGLISH, checked=11, off_language=1, off_language_share=0.0909,
+        language=vr.LanguageAccount(ENGLISH, checked=11, off_language=1, off_language_share=0.0909,
                                  signature="off_language|lang"),
     )
 
@@ -116,10 +106,11 @@ def test_the_stored_form_is_pinned_keys_order_and_values():
 
 
 def test_absent_parts_are_stored_as_before_null_judge_empty_language_and_a_note_when_nothing_was_checked():
-    report = replace(full_report(), judge=None, judge_note=NO_JUDGE_NOTE, language=None,
-                     decontamination=DecontaminationAccount(8, 0, (), "decontamination|none", note=NO_EVAL_TASKS_NOTE))
+    report = replace(full_report(), judge=None, judge_note=vr.NO_JUDGE_NOTE, language=None,
+                     decontamination=vr.DecontaminationAccount(8, 0, (), "decontamination|none",
+                                                               note=NO_EVAL_TASKS_NOTE))
     d = report.to_dict()
-    assert (d["judge"], d["judge_note"], d["language"]) == (None, NO_JUDGE_NOTE, {})
+    assert (d["judge"], d["judge_note"], d["language"]) == (None, vr.NO_JUDGE_NOTE, {})
     assert d["decontamination"] == {"ngram": 8, "eval_tasks": 0, "contaminated": [],
                                     "signature": "decontamination|none", "note": NO_EVAL_TASKS_NOTE}
 
@@ -136,7 +127,7 @@ def test_a_real_run_with_all_four_accounts_has_the_pinned_shape():
     # The hand-built examples are listed row-then-seed; the real run finds them in the same order.
     assert [e.duplicate_of for e in report.near_duplicates.examples] == ["row", "seed"]
     expected = shape(EXPECTED)
-    # Gate values are floats in a real run, and the gates are every gate the run measured.
+    # vr.Gate values are floats in a real run, and the gates are every gate the run measured.
     expected["gates"] = [{"name": "str", "value": "float", "threshold": "float", "passed": "bool", "signature": "str"}
                          for _ in d["gates"]]
     expected["failed_gates"] = ["str" for _ in d["failed_gates"]]
