@@ -1,8 +1,8 @@
 """The adapter's model card with the held-out evaluation added, published as the evaluation's own output.
 
-The adapter's version is immutable and belongs to lora_adapter; writing a second adapter version only to
-change its card made Dagster's record of lora_adapter name a version that was no longer current. So the
-evaluated card is stored in adapter_evaluation's version, beside report.json and answers.jsonl, and the
+The adapter's version is immutable and belongs to lora_adapter: a second adapter version written only to
+change its card would leave Dagster's record of lora_adapter naming a version that is no longer current. So
+the evaluated card is stored in adapter_evaluation's version, beside report.json and answers.jsonl, and the
 adapter's own card stays as lora_adapter wrote it.
 """
 
