@@ -86,7 +86,7 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     # The 34 seed tasks not held out trained beside the generated records; the 4 validation tasks chose.
     assert adapter["seed_task_records"] == 34 and adapter["validation_records"] == 4
     assert adapter["objective"] == "real_tasks" and isinstance(adapter["beats_base_model"], bool)
-    assert "and 34 of the\nuser's own seed tasks" in versions.read(store, current, "README.md").decode()
+    assert "and 34 of the user's own seed tasks" in versions.read(store, current, "README.md").decode()
 
     # The stored adapter loads as it lies with peft and changes the base model's output.
     import torch

@@ -29,6 +29,7 @@ from frd_assets.core.lora.real_tasks import (
 )
 from frd_assets.core.lora.study_storage import hide_password, redacted
 from frd_assets.core.lora.trial import TrainingConfig, evaluate_loss
+from frd_assets.core.names import CARD_FILE
 from frd_assets.core.records import Record
 
 __all__ = [
@@ -320,6 +321,6 @@ def _write_adapter(best_dir: Path, out_dir: Path, result: SearchResult) -> None:
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(best_dir / name, out_dir / name)
     (out_dir / "trials.json").write_text(json.dumps(result.trials, indent=2))
-    (out_dir / "README.md").write_text(model_card(result))
+    (out_dir / CARD_FILE).write_text(model_card(result))
 
 
