@@ -1,5 +1,5 @@
 """The Definitions that workspace.yaml, pyproject's [tool.dagster] and the tests load. It only assembles:
-the assets, jobs and sensors from defs/, and the resources built from core/settings.py."""
+the assets, jobs, sensors and the retirement schedule from defs/, and the resources built from core/settings.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from frd_assets.defs.assets import adapter_evaluation, generated_dataset, lora_a
 from frd_assets.defs.io_managers import StoreIOManager
 from frd_assets.defs.jobs import prepare_dataset_job, seed_to_adapter_job, train_adapter_job
 from frd_assets.defs.resources import JudgeResource, LoraResource, StoreResource, TeacherResource
+from frd_assets.defs.retirement import retire_datasets_job, retire_datasets_schedule
 from frd_assets.defs.sensors import adapter_on_ready_sensor, seed_upload_sensor
 
 ASSETS = [seed_dataset, generated_dataset, validated_dataset, lora_adapter, adapter_evaluation]
@@ -46,8 +47,9 @@ def fixed(resources: Mapping[str, object]) -> dict[str, ResourceDefinition]:
 def build_definitions(env: Mapping[str, str] | None = None) -> Definitions:
     return Definitions(
         assets=ASSETS,
-        jobs=[prepare_dataset_job, train_adapter_job, seed_to_adapter_job],
+        jobs=[prepare_dataset_job, train_adapter_job, seed_to_adapter_job, retire_datasets_job],
         sensors=[seed_upload_sensor, adapter_on_ready_sensor],
+        schedules=[retire_datasets_schedule],
         resources=fixed(build_resources(env)),
     )
 

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     from frd_assets.core.lora.export import CHECK_MAX_NEW_TOKENS, CHECK_PROMPTS
     from frd_assets.core.lora.search import SearchSettings
     from frd_assets.core.lora.trial import TrainingConfig
+    from frd_assets.core.retirement import RESTORE_FLAG
     from frd_assets.core.settings import DEFAULT_N_TRIALS, lora_settings, service_settings
 
     # Flag defaults are core's config defaults, so a flag and the run config it mirrors cannot drift apart.
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--eval", metavar="EVAL_FILE",
                     help="tasks with reference outputs to evaluate the adapter on, instead of holding out "
                     "a share of the seed (stored beside the seed as <uuid>.eval.jsonl)")
+    up.add_argument(RESTORE_FLAG, action="store_true",
+                    help="upload under the --uuid of a retired dataset on purpose: removes its tombstone, and the "
+                    "seed sensor gives it a partition again (see README, Retirement)")
     up.set_defaults(func=standalone.cmd_seed_upload)
 
     gen = sub.add_parser("generate", help="Self-Instruct generation from a seed file to a JSONL file, resumable")
@@ -165,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--assets", help="comma-separated assets (default: all five)")
             p.add_argument("--base-model", help="base model of lora_adapter for this run")
         p.set_defaults(func=_service("cmd_launch" if name == "launch" else "cmd_status"))
+
+    retire = sub.add_parser(
+        "retire", help="retire one dataset now: its partition goes, its objects and runs per FRD_RETENTION_OBJECTS "
+        "and FRD_RETENTION_RUNS, and its uuid is refused for new uploads (needs the Dagster instance: DAGSTER_HOME)")
+    retire.add_argument("uuid", help="dataset UUID")
+    retire.add_argument("--yes", action="store_true", help="do not ask (without it: asks on a terminal, else refuses)")
+    retire.set_defaults(func=_service("cmd_retire"))
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")

@@ -1,5 +1,5 @@
 """The commands that need the platform: launch and status talk to the webserver's GraphQL API (client.py),
-demo materializes the chain in a Dagster instance on this machine.
+demo materializes the chain in a Dagster instance on this machine, retire retires one dataset in it.
 """
 
 from __future__ import annotations
@@ -216,4 +216,59 @@ def cmd_demo(args) -> int:
                 print(f"    {who:<9} {shorten(sample[who])}")
         print(f"model card with the evaluation: {evaluation['uri']}/{names.CARD_FILE}")
     print(f"adapter: {adapter['uri']}")
+    return 0
+
+
+def cmd_retire(args) -> int:
+    """Retires one dataset now, under the retention policy's objects/runs settings (FRD_RETENTION_*), in the
+    Dagster instance of DAGSTER_HOME (as `frd demo` uses it; in compose: `docker compose exec code-server`)."""
+    import time
+
+    from frd_assets.core.datasets import InvalidDatasetId, check_dataset_id
+    from frd_assets.core.retirement import BY_HAND, read_tombstone
+    from frd_assets.core.seeds import current_seed
+    from frd_assets.core.settings import FRD_RETENTION_OBJECTS, FRD_RETENTION_RUNS, retention_settings
+    from frd_assets.core.store import StoreError
+
+    try:
+        uuid = check_dataset_id(args.uuid)
+        policy = retention_settings()
+    except (InvalidDatasetId, ValueError) as exc:
+        return bad_input(exc)
+    from dagster import DagsterInstance
+
+    from frd_assets.defs.retirement import retire_dataset, runs_in_flight
+
+    ensure_dagster_home()
+    try:
+        store = open_configured_store()
+        stone = read_tombstone(store, uuid)
+        has_seed = current_seed(store, uuid) is not None
+    except (StoreError, ValueError) as exc:
+        return bad_input(exc)
+    instance = DagsterInstance.get()
+    has_partition = instance.has_dynamic_partition(names.PARTITIONS_DEF, uuid)
+    if stone is not None and not has_partition:
+        print(f"dataset {uuid} is already {stone.line()}")
+        return 0
+    if not has_partition and not has_seed:
+        return bad_input(ValueError(f"no dataset {uuid}: no partition in {os.environ['DAGSTER_HOME']} and no seed "
+                                    "upload in the store; check the uuid (frd status UUID)"))
+    busy = runs_in_flight(instance, uuid)
+    if busy:
+        return bad_input(ValueError(f"dataset {uuid} has a run queued or running ({busy[0]}): wait for it or "
+                                    "terminate it in the UI, then retire"))
+    what = (f"retire {uuid}: delete its partition, {policy.objects} its store objects ({FRD_RETENTION_OBJECTS}), "
+            f"{policy.runs} its runs ({FRD_RETENTION_RUNS}), and record it so its uuid is refused for uploads")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return bad_input(ValueError(f"frd retire would {what}; add --yes to do it"))
+        if input(f"{what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing retired")
+            return 0
+    try:
+        retired = retire_dataset(instance, store, uuid, reason=BY_HAND, policy=policy, now=time.time())
+    except StoreError as exc:
+        return bad_input(exc)
+    print(retired.line())
     return 0

@@ -47,12 +47,17 @@ def cmd_models_prepare(args) -> int:
     return 0
 
 
-def upload_seed(path: Path, dataset_id: str | None, eval_path: Path | None = None) -> str:
+def upload_seed(path: Path, dataset_id: str | None, eval_path: Path | None = None, *,
+                restore_retired: bool = False) -> str:
     """Checks the seed (and evaluation set) parse, then writes them, the evaluation set first so the run the
-    seed upload starts sees it; the seed is the dataset's one seed object. Returns the dataset id."""
+    seed upload starts sees it; the seed is the dataset's one seed object. Returns the dataset id.
+
+    An id that was retired is refused (DatasetRetired, one line), unless restore_retired removes its
+    tombstone on purpose (core/retirement.py)."""
     from frd_assets.core.datasets import SEED_SUFFIXES, check_dataset_id
     from frd_assets.core.evaluation import load_eval_tasks
     from frd_assets.core.records import check_seed_size, parse_seed
+    from frd_assets.core.retirement import check_upload_allowed
     from frd_assets.core.seeds import write_eval_set, write_seed
 
     dataset_id = check_dataset_id(dataset_id, what="--uuid") if dataset_id is not None else str(uuid_lib.uuid4())
@@ -68,6 +73,7 @@ def upload_seed(path: Path, dataset_id: str | None, eval_path: Path | None = Non
         if not tasks:
             raise ValueError(f"{eval_path}: no task with a reference output; an evaluation set needs answers")
     store = open_configured_store()
+    check_upload_allowed(store, dataset_id, restore=restore_retired)
     if eval_data is not None:
         write_eval_set(store, dataset_id, eval_data)
     # Replaces the other suffix's object too: one dataset id has one seed.
@@ -79,8 +85,9 @@ def cmd_seed_upload(args) -> int:
     from frd_assets.core.store import StoreError
 
     try:
-        print(upload_seed(Path(args.file), args.uuid, Path(args.eval) if args.eval else None))
-    # SeedFormatError and InvalidDatasetId are ValueErrors; OSError covers a missing or unreadable file;
+        print(upload_seed(Path(args.file), args.uuid, Path(args.eval) if args.eval else None,
+                          restore_retired=args.restore_retired))
+    # SeedFormatError, InvalidDatasetId and DatasetRetired are ValueErrors; OSError covers a missing or unreadable file;
     # StoreError a store that refuses the credentials or cannot be reached.
     except (ValueError, OSError, StoreError) as exc:
         return bad_input(exc)

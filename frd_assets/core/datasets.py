@@ -22,6 +22,9 @@ EXAMPLE_DATASET_ID = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
 # evaluation set uploaded with it lies beside it as '<id>.eval.jsonl'.
 SEED_SUFFIXES = (".jsonl", ".json")
 EVAL_SUFFIX = ".eval.jsonl"
+# A retired dataset's tombstone lies beside its seed as '<id>.retired.json' (core/retirement.py): the seed
+# sensor lists the seeds bucket every tick anyway, so it learns which ids are retired at no extra cost.
+RETIRED_SUFFIX = ".retired.json"
 # A path segment below a dataset id: letters, digits, '.', '_' and '-', never '.' or '..' alone.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -58,8 +61,9 @@ def dataset_key(dataset_id: str, *parts: str, suffix: str = "") -> str:
         if not isinstance(part, str) or not _SEGMENT.fullmatch(part) or part in (".", ".."):
             raise ValueError(f"store key segment {part!r} for dataset {key} is not a plain name")
         key = f"{key}/{part}"
-    if suffix and (parts or suffix not in (*SEED_SUFFIXES, EVAL_SUFFIX)):
-        raise ValueError(f"suffix {suffix!r} is only for seed keys: one of {', '.join(SEED_SUFFIXES)}, {EVAL_SUFFIX}")
+    if suffix and (parts or suffix not in (*SEED_SUFFIXES, EVAL_SUFFIX, RETIRED_SUFFIX)):
+        raise ValueError(f"suffix {suffix!r} is only for keys of the seeds bucket: one of {', '.join(SEED_SUFFIXES)}, "
+                         f"{EVAL_SUFFIX}, {RETIRED_SUFFIX}")
     return key + suffix
 
 
@@ -68,6 +72,13 @@ def seed_dataset_id(key: str) -> str | None:
     for suffix in SEED_SUFFIXES:
         if key.endswith(suffix) and is_dataset_id(key[: -len(suffix)]):
             return key[: -len(suffix)]
+    return None
+
+
+def retired_dataset_id(key: str) -> str | None:
+    """'<id>.retired.json' (a tombstone) -> id; any other key of the seeds bucket -> None."""
+    if key.endswith(RETIRED_SUFFIX) and is_dataset_id(key[: -len(RETIRED_SUFFIX)]):
+        return key[: -len(RETIRED_SUFFIX)]
     return None
 
 

@@ -24,6 +24,12 @@ TRAIN_ADAPTER_JOB = "train_adapter"
 SEED_TO_ADAPTER_JOB = "seed_to_adapter"
 JOB_ASSETS = {PREPARE_DATASET_JOB: CPU_ASSETS, TRAIN_ADAPTER_JOB: GPU_ASSETS, SEED_TO_ADAPTER_JOB: ASSETS}
 
+# Retirement (core/retirement.py, defs/retirement.py): the job of one op that retires what the retention
+# policy names, and its daily schedule.
+RETIRE_JOB = "retire_datasets"
+RETIRE_OP = "retire_by_policy"  # an op may not share its job's name
+RETIRE_SCHEDULE = "retire_datasets_daily"
+
 # The one dynamic partitions definition: a partition per dataset id.
 PARTITIONS_DEF = "dataset_uuid"
 

@@ -238,3 +238,41 @@ def service_settings(env: _Env | None = None) -> ServiceSettings:
         webserver_port=env_int(env, "DAGSTER_WEBSERVER_PORT", 3000),
         redis_url=f"redis://{host}:{port}/{env_int(env, 'REDIS_DB', 0, low=0)}",
     )
+
+
+# Retirement of datasets (core/retirement.py): which are retired, and what of them is deleted then.
+FRD_RETENTION_IDLE_DAYS = "FRD_RETENTION_IDLE_DAYS"
+FRD_RETENTION_DELETED = "FRD_RETENTION_DELETED"
+FRD_RETENTION_OBJECTS = "FRD_RETENTION_OBJECTS"
+FRD_RETENTION_RUNS = "FRD_RETENTION_RUNS"
+FRD_RETENTION_CRON = "FRD_RETENTION_CRON"
+KEEP, DELETE = "keep", "delete"
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """The retirement policy. A retired dataset loses its partition always; its store objects and its runs
+    only when objects/runs say `delete`. A tombstone of it stays either way (core/retirement.py)."""
+
+    idle_days: int = 90  # no run and no upload for this many days: retired; 0 turns idle retirement off
+    retire_deleted: bool = True  # the latest verdict is DELETED: retired
+    objects: str = KEEP  # the dataset's seed, versions, adapters and evaluations: keep or delete
+    runs: str = KEEP  # the dataset's Dagster run history (runs and their event logs): keep or delete
+    cron: str = "0 3 * * *"  # when the retire_datasets schedule runs (daily, 03:00 in the daemon's time zone)
+
+
+def retention_settings(env: _Env | None = None) -> RetentionSettings:
+    env = _env(env)
+    default = RetentionSettings()
+
+    def choice(name: str, options: tuple[str, ...], fallback: str) -> str:
+        raw = _text(env, name)
+        return fallback if raw is None else check_value("environment", name, raw.lower(), OneOf(options))
+
+    return RetentionSettings(
+        idle_days=env_int(env, FRD_RETENTION_IDLE_DAYS, default.idle_days, low=0),
+        retire_deleted=choice(FRD_RETENTION_DELETED, ("true", "false"), "true") == "true",
+        objects=choice(FRD_RETENTION_OBJECTS, (KEEP, DELETE), default.objects),
+        runs=choice(FRD_RETENTION_RUNS, (KEEP, DELETE), default.runs),
+        cron=_text(env, FRD_RETENTION_CRON) or default.cron,
+    )

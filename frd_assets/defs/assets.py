@@ -53,6 +53,7 @@ from frd_assets.core.names import (
 from frd_assets.core.provenance import INPUTS, digest
 from frd_assets.core.quality.dataset_card import dataset_card
 from frd_assets.core.records import SeedFormatError, parse_seed, records_to_rows, rows_to_records
+from frd_assets.core.retirement import read_tombstone, refusal
 from frd_assets.core.seeds import read_eval_set, read_seed
 from frd_assets.core.store import SEEDS_BUCKET, ObjectNotFound
 from frd_assets.core.threads import apply_thread_budget
@@ -96,6 +97,10 @@ def seed_dataset(context: AssetExecutionContext, config: SeedRunConfig, store: S
     tasks held out for adapter_evaluation marked (an uploaded <uuid>.eval.jsonl, else a seeded share)."""
     uuid = partition_dataset_id(context.partition_key, asset=SEED_DATASET)
     s = store.get_store()
+    # A partition re-added by hand (UI, GraphQL) for a retired id: the run would mix with its old objects.
+    stone = read_tombstone(s, uuid)
+    if stone is not None:
+        raise Failure(refusal(stone), allow_retries=False)
     try:
         data, info = read_seed(s, uuid)
     except ObjectNotFound as exc:

@@ -12,6 +12,8 @@
   * an upload whose dataset has a run in flight is held in the cursor's `pending` map and looked at again
     every tick until that run ends, instead of being skipped for good.
   With the store unreachable a tick skips, naming the endpoint, and keeps its cursor.
+  An upload of a retired dataset (its tombstone `<uuid>.retired.json` is in the same listing) is skipped
+  with one log line: it gets no partition again until restored on purpose (core/retirement.py).
 - adapter_on_ready_sensor: a run-status sensor. When a run that materialized validated_dataset succeeds
   with the verdict READY_FOR_FINE_TUNING, it requests `train_adapter` (GPU) for it. A run-status sensor
   rather than an automation condition because the trigger is a verdict, not freshness: the rule reads as
@@ -38,8 +40,9 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from frd_assets.core.datasets import is_dataset_id, seed_dataset_id
+from frd_assets.core.datasets import is_dataset_id, retired_dataset_id, seed_dataset_id
 from frd_assets.core.names import LORA_ADAPTER, PARTITION_TAG, SEED_DATASET, VALIDATED_DATASET
+from frd_assets.core.retirement import RESTORE_FLAG, utc_iso
 from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import unready_reason
@@ -113,15 +116,26 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
             mark = newest
         at_mark = {i.key: i.etag for i in listing if i.last_modified == mark}
 
+    # Retired ids, from their tombstones in the same listing (core/retirement.py): no extra request.
+    retired = {r: i for i in listing if (r := retired_dataset_id(i.key)) is not None}
     # The newest upload per dataset among fresh ones and those held back while a run was in flight.
     candidates: dict[str, ObjectInfo] = {}
-    skipped = 0
+    skipped = of_retired = 0
     held = [by_key[k] for k in pending if k in by_key]
     for info in fresh + held:
         uuid = seed_dataset_id(info.key)
+        if uuid is None and retired_dataset_id(info.key) is not None:
+            continue  # a tombstone, not an upload
         if uuid is None:
             skipped += 1
             context.log.info(f"skipping {info.key!r} in bucket {SEEDS_BUCKET}: not named <uuid>.jsonl or <uuid>.json")
+            continue
+        if uuid in retired:
+            of_retired += 1
+            context.log.info(
+                f"skipping {info.key!r}: dataset {uuid} was retired at {utc_iso(retired[uuid].last_modified)}; "
+                f"upload it with `frd seed upload FILE --uuid {uuid} {RESTORE_FLAG}` to bring it back on purpose"
+            )
             continue
         best = candidates.get(uuid)
         if best is None or (info.last_modified, info.key) > (best.last_modified, best.key):
@@ -143,6 +157,7 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
     next_cursor = json.dumps({"mark": mark, "at_mark": at_mark, "pending": pending}, sort_keys=True)
     if not new:
         waiting = f", {len(pending)} waiting for a run in flight" if pending else ""
+        waiting += f", {of_retired} of retired datasets" if of_retired else ""
         return SensorResult(
             skip_reason=SkipReason(f"no new seed uploads ({skipped} other keys{waiting})"), cursor=next_cursor
         )
