@@ -64,7 +64,8 @@ def code_env_reads() -> set[str]:
 
     env = _RecordingEnv(MINIO_ENDPOINT="http://minio:9000", MINIO_ACCESS_KEY="a", MINIO_SECRET_KEY="b")
     for read in (settings.store_settings, settings.teacher_settings, settings.judge_settings,
-                 settings.lora_settings, settings.service_settings, settings.model_cache_dir, thread_budget,
+                 settings.lora_settings, settings.service_settings, settings.retention_settings,
+                 settings.model_cache_dir, thread_budget,
                  KubernetesWorkers.from_env):
         read(env)
     names = set(env.asked)

@@ -216,7 +216,7 @@ def test_a_retired_uuid_upload_is_refused_with_one_line_and_restored_with_the_fl
 
     out = frd("retire", dataset_id, "--yes", env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"retired {dataset_id} (retired by hand (frd retire)): partition deleted")
+    assert out.stdout.startswith(f"retired {dataset_id} (frd retire by hand): partition deleted")
     stone = read_tombstone(store, dataset_id)
 
     refused = frd("seed", "upload", str(seed), "--uuid", dataset_id, env=env)
@@ -298,3 +298,42 @@ def test_a_retired_uuid_is_refused_by_seed_dataset_and_by_the_upload_check(dagst
     failure = result.get_step_failure_events()[0].step_failure_data.error.message
     assert f"dataset {dataset_id} was retired at" in failure and RESTORE_FLAG in failure
     assert json.loads(local_store.get_bytes(SEEDS_BUCKET, tombstone_key(dataset_id)))["reason"] == "by test"
+
+
+def test_compose_and_helm_run_the_daemon_that_fires_the_schedule_under_the_code_s_defaults():
+    import yaml
+
+    from frd_assets.core import settings
+    from frd_assets_tests.test_deployment import REPO, compose_default, example_env
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    default = retention_settings({})
+    expected = {settings.FRD_RETENTION_IDLE_DAYS: str(default.idle_days),
+                settings.FRD_RETENTION_DELETED: str(default.retire_deleted).lower(),
+                settings.FRD_RETENTION_OBJECTS: default.objects, settings.FRD_RETENTION_RUNS: default.runs,
+                settings.FRD_RETENTION_CRON: default.cron}
+    example = example_env()
+    # The code server reads the schedule's time, the cpu worker runs the job under the policy.
+    for service in ("code-server", "cpu-worker"):
+        env = compose["services"][service]["environment"]
+        assert {name: compose_default(env[name]) for name in expected} == expected, service
+    assert {name: example[name] for name in expected} == expected
+    assert retention_settings(example) == default
+    assert compose["services"]["dagster-daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
+    assert values["dagsterDaemon"]["enabled"] is True
+
+
+def test_the_schedule_s_run_is_accepted_by_the_coordinator_and_routed_to_the_cpu_queue(graphql, instance):
+    """What the daemon submits when the schedule fires: a run of retire_datasets with no partition."""
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    from frd_assets.core.names import CPU_QUEUE, QUEUE_TAG
+    from frd_assets_tests.test_routing import LAUNCH
+
+    selector = {"repositoryLocationName": "frd_assets", "repositoryName": "__repository__", "jobName": RETIRE_JOB}
+    result = execute_dagster_graphql(graphql, LAUNCH, {"executionParams": {"selector": selector, "runConfigData": {}}})
+    payload = result.data["launchRun"]
+    assert payload["__typename"] == "LaunchRunSuccess", payload
+    run = instance.get_run_by_id(payload["run"]["runId"])
+    assert run.status == DagsterRunStatus.QUEUED and run.tags[QUEUE_TAG] == CPU_QUEUE

@@ -35,7 +35,7 @@ from frd_assets.core.store import ObjectNotFound, Store
 
 DAY = 86400.0
 RESTORE_FLAG = "--restore-retired"
-BY_HAND = "retired by hand (frd retire)"
+BY_HAND = "frd retire by hand"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from dagster._utils.schedules import is_valid_cron_string
 
-from frd_assets.core.datasets import SEEDS_BUCKET, seed_dataset_id
+from frd_assets.core.datasets import SEEDS_BUCKET, is_dataset_id, seed_dataset_id
 from frd_assets.core.names import (
     CPU_QUEUE,
     PARTITION_TAG,
@@ -87,8 +87,9 @@ def dataset_activity(instance: DagsterInstance, dataset_id: str, seed_uploaded_a
 def gather_activity(instance: DagsterInstance, store: Store) -> list[DatasetActivity]:
     """One row per dataset partition: a few instance queries each, and one listing of the seeds bucket."""
     uploads = seed_upload_times(store)
+    # A key that is no dataset id (added by hand over GraphQL) never ran anything: the coordinator refuses it.
     return [dataset_activity(instance, uuid, uploads.get(uuid))
-            for uuid in instance.get_dynamic_partitions(PARTITIONS_DEF)]
+            for uuid in instance.get_dynamic_partitions(PARTITIONS_DEF) if is_dataset_id(uuid)]
 
 
 def plan_retirements(instance: DagsterInstance, store: Store, policy: RetentionSettings,
