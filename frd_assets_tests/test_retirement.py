@@ -28,6 +28,7 @@ from frd_assets.core.seeds import write_eval_set, write_seed
 from frd_assets.core.settings import RetentionSettings, retention_settings
 from frd_assets.core.store import BUCKETS, SEEDS_BUCKET, LocalStore
 from frd_assets.core.validation import DELETED, READY
+from frd_assets.defs import retirement
 from frd_assets.defs.resources import StoreResource
 from frd_assets.defs.retirement import plan_retirements, retire_dataset
 from frd_assets.defs.sensors import seed_upload_sensor
@@ -149,6 +150,7 @@ def test_the_schedule_runs_the_job_that_retires_exactly_what_the_policy_names(da
 
     monkeypatch.setenv("FRD_LOCAL_STORE", str(tmp_path / "store"))
     monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    monkeypatch.setattr(retirement, "PAGE", 2)  # the walks over runs and verdicts cross pages
     store = LocalStore(tmp_path / "store")
     deleted, ready, reuploaded, busy = ids(4)
     for d in (deleted, ready, reuploaded, busy):
@@ -180,7 +182,9 @@ def test_the_schedule_runs_the_job_that_retires_exactly_what_the_policy_names(da
     assert dagster_instance.get_run_ids(RunsFilter(tags={PARTITION_TAG: deleted}))
 
 
-def test_idle_datasets_are_those_without_activity_since_the_policy_s_days(dagster_instance, local_store):
+def test_idle_datasets_are_those_without_activity_since_the_policy_s_days(dagster_instance, local_store,
+                                                                         monkeypatch):
+    monkeypatch.setattr(retirement, "PAGE", 1)
     idle, fresh = ids(2)
     write_seed(local_store, idle, SEED)
     add_run(dagster_instance, idle)

@@ -1,11 +1,12 @@
 """Retirement on the Dagster side: read what the policy needs through the instance's public API, retire.
 
 `retire_datasets` (a job of one op, no asset) reads every dataset partition, its latest validated_dataset
-verdict, its newest run and whether one is in flight, and the seed upload's time from one listing of the
-seeds bucket; core/retirement.py chooses; each chosen dataset is then retired: tombstone first (from then on
-the seed sensor skips the id), the partition (`delete_dynamic_partition`), its runs when FRD_RETENTION_RUNS
-is `delete` (`delete_run`, which takes each run's event log with it), its store objects when
-FRD_RETENTION_OBJECTS is `delete` (only that dataset's keys, core/retirement.delete_dataset_objects).
+verdict, its runs' last activity and whether one is in flight (one paged walk over the verdicts and one
+over the runs), and the seed upload's time from one listing of the seeds bucket; core/retirement.py
+chooses; each chosen dataset is then retired: tombstone first (from then on the seed sensor skips the id),
+the partition (`delete_dynamic_partition`), its runs when FRD_RETENTION_RUNS is `delete` (`delete_run`,
+which takes each run's event log with it), its store objects when FRD_RETENTION_OBJECTS is `delete` (only
+that dataset's keys, core/retirement.delete_dataset_objects).
 A schedule runs it daily (FRD_RETENTION_CRON); `frd retire UUID` retires one dataset with the same function.
 """
 
@@ -67,29 +68,65 @@ def seed_upload_times(store: Store) -> dict[str, float]:
     return times
 
 
-def dataset_activity(instance: DagsterInstance, dataset_id: str, seed_uploaded_at: float | None) -> DatasetActivity:
-    verdict = verdict_at = last_run_at = None
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(VALIDATED_DATASET), asset_partitions=[dataset_id]), limit=1
-    ).records
-    if records:
-        mat = records[0].asset_materialization
-        value = mat.metadata.get("verdict") if mat else None
-        verdict, verdict_at = (value.value if value is not None else None), records[0].timestamp
-    runs = instance.get_run_records(RunsFilter(tags={PARTITION_TAG: dataset_id}), limit=1)
-    if runs:
-        run = runs[0]
-        last_run_at = max(run.update_timestamp.timestamp(), run.end_time or 0.0, run.create_timestamp.timestamp())
-    return DatasetActivity(dataset_id, verdict, verdict_at, last_run_at, seed_uploaded_at,
-                           in_flight=bool(runs_in_flight(instance, dataset_id)))
+# Rows per page when walking the instance's runs and verdicts: one query per page instead of three per
+# partition (12-13 ms each on SQLite, measured at 500 partitions: 40 minutes a day at 100,000).
+PAGE = 1000
+
+
+def latest_verdicts(instance: DagsterInstance) -> dict[str, tuple[str | None, float]]:
+    """Dataset id -> (verdict, time) of its latest validated_dataset materialization: one walk, newest first."""
+    found: dict[str, tuple[str | None, float]] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(VALIDATED_DATASET)),
+                                               limit=PAGE, cursor=cursor)
+        for record in page.records:
+            key = record.partition_key
+            if key is None or key in found:
+                continue
+            mat = record.asset_materialization
+            value = mat.metadata.get("verdict") if mat else None
+            found[key] = (value.value if value is not None else None, record.timestamp)
+        if not page.has_more:
+            return found
+        cursor = page.cursor
+
+
+def run_activity(instance: DagsterInstance) -> tuple[dict[str, float], set[str]]:
+    """(dataset id -> time of the last status change of any of its runs, ids with a run queued or running):
+    one walk over the run records, newest first."""
+    last: dict[str, float] = {}
+    busy: set[str] = set()
+    cursor = None
+    while True:
+        records = instance.get_run_records(limit=PAGE, cursor=cursor)
+        for record in records:
+            key = record.dagster_run.tags.get(PARTITION_TAG)
+            if key is None:
+                continue
+            when = max(record.update_timestamp.timestamp(), record.end_time or 0.0)
+            last[key] = max(last.get(key, 0.0), when)
+            if record.dagster_run.status in IN_PROGRESS_RUN_STATUSES:
+                busy.add(key)
+        if len(records) < PAGE:
+            return last, busy
+        cursor = records[-1].dagster_run.run_id
 
 
 def gather_activity(instance: DagsterInstance, store: Store) -> list[DatasetActivity]:
-    """One row per dataset partition: a few instance queries each, and one listing of the seeds bucket."""
+    """One row per dataset partition, from one walk over the verdicts, one over the runs and one listing of
+    the seeds bucket."""
     uploads = seed_upload_times(store)
+    verdicts = latest_verdicts(instance)
+    last_run, busy = run_activity(instance)
+    rows = []
     # A key that is no dataset id (added by hand over GraphQL) never ran anything: the coordinator refuses it.
-    return [dataset_activity(instance, uuid, uploads.get(uuid))
-            for uuid in instance.get_dynamic_partitions(PARTITIONS_DEF) if is_dataset_id(uuid)]
+    for uuid in instance.get_dynamic_partitions(PARTITIONS_DEF):
+        if is_dataset_id(uuid):
+            verdict, verdict_at = verdicts.get(uuid, (None, None))
+            rows.append(DatasetActivity(uuid, verdict, verdict_at, last_run.get(uuid), uploads.get(uuid),
+                                        in_flight=uuid in busy))
+    return rows
 
 
 def plan_retirements(instance: DagsterInstance, store: Store, policy: RetentionSettings,
@@ -129,6 +166,12 @@ def retire_chosen(instance: DagsterInstance, store: Store, policy: RetentionSett
     """What the job does: plan, then retire each chosen dataset, one log line each."""
     done = []
     for chosen in plan_retirements(instance, store, policy, now):
+        # The walk was a snapshot: a run the seed sensor started since then keeps its partition until next time.
+        busy = runs_in_flight(instance, chosen.dataset_id)
+        if busy:
+            log(f"not retiring {chosen.dataset_id} ({chosen.reason}) now: run {busy[0]} started since the "
+                "policy read the runs")
+            continue
         retired = retire_dataset(instance, store, chosen.dataset_id, reason=chosen.reason, policy=policy, now=now)
         log(retired.line())
         done.append(retired)
