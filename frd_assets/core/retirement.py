@@ -45,7 +45,7 @@ class DatasetActivity:
     dataset_id: str
     verdict: str | None = None  # the latest validated_dataset verdict
     verdict_at: float | None = None
-    last_run_at: float | None = None  # the newest run of the partition: its last status change
+    last_run_at: float | None = None  # the last status change of any run of the partition
     seed_uploaded_at: float | None = None  # the seed object's last-modified time; None when it is gone
     in_flight: bool = False  # a run of the partition is queued or running
 
