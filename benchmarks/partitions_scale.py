@@ -144,8 +144,24 @@ def environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def build(instance, store_root: Path, ids: list[str]) -> dict:
-    """The N datasets: partitions, their seeds in the store, and runs with materializations for a share."""
+def write_seeds(store_root: Path, ids: list[str]) -> float:
+    """Every dataset came from an upload, so its seed is in the bucket: one upload a second, the newest a day
+    ago. Written as plain files in the local store's layout: setup, not the store's own (fsynced) write path."""
+    from frd_assets.core.store import SEEDS_BUCKET
+
+    t0 = time.perf_counter()
+    bucket = store_root / SEEDS_BUCKET
+    bucket.mkdir(parents=True, exist_ok=True)
+    newest = time.time() - 86400
+    for i, d in enumerate(ids):
+        path = bucket / f"{d}.jsonl"
+        path.write_bytes(b'{"instruction": "Name a fruit.", "input": "", "output": "Apple"}\n')
+        os.utime(path, (newest - i, newest - i))
+    return time.perf_counter() - t0
+
+
+def build(instance, ids: list[str]) -> dict:
+    """The N datasets' partitions, and runs with materializations for a share of them."""
     from dagster import AssetKey, AssetMaterialization, DagsterEvent, DagsterEventType, DagsterRun
     from dagster._core.events import DagsterEventBatchMetadata, StepMaterializationData
     from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -153,7 +169,6 @@ def build(instance, store_root: Path, ids: list[str]) -> dict:
     from frd_assets.core.names import (
         ADAPTER_EVALUATION, GENERATED_DATASET, LORA_ADAPTER, PARTITION_TAG, PREPARE_DATASET_JOB, SEED_DATASET,
         TRAIN_ADAPTER_JOB, VALIDATED_DATASET)
-    from frd_assets.core.store import SEEDS_BUCKET
     from frd_assets.core.validation import READY
     from frd_assets.defs.assets import SEED_ETAG, SEED_KEY
     from frd_assets.defs.partitions import dataset_partitions
@@ -162,18 +177,6 @@ def build(instance, store_root: Path, ids: list[str]) -> dict:
     for i in range(0, len(ids), BATCH):
         instance.add_dynamic_partitions(dataset_partitions.name, ids[i:i + BATCH])
     partitions_s = time.perf_counter() - t0
-
-    # Every dataset came from an upload, so its seed is in the bucket, older than the sensor's cursor. Written
-    # as plain files in the local store's layout: setup, not the store's own (fsynced) write path.
-    t0 = time.perf_counter()
-    bucket = store_root / SEEDS_BUCKET
-    bucket.mkdir(parents=True, exist_ok=True)
-    old = time.time() - 86400
-    for d in ids:
-        path = bucket / f"{d}.jsonl"
-        path.write_bytes(b'{"instruction": "Name a fruit.", "input": "", "output": "Apple"}\n')
-        os.utime(path, (old, old))
-    seeds_s = time.perf_counter() - t0
 
     seeded = ids[: int(len(ids) * SEEDED)]
     validated = ids[: int(len(ids) * VALIDATED)]
@@ -211,7 +214,7 @@ def build(instance, store_root: Path, ids: list[str]) -> dict:
             instance.report_dagster_event(event, runs[d], batch_metadata=DagsterEventBatchMetadata(batch_id, end))
             events += 1
     events_s = time.perf_counter() - t0
-    return {"partitions_s": partitions_s, "seeds_s": seeds_s, "runs": len(prepare_runs) + len(adapter_runs),
+    return {"partitions_s": partitions_s, "runs": len(prepare_runs) + len(adapter_runs),
             "runs_s": runs_s, "events": events, "events_s": events_s,
             "ready_unadapted": [d for d in validated if d not in adapter_runs], "prepare_runs": prepare_runs}
 
@@ -299,15 +302,18 @@ def measure(backend: str, n: int, repeats: int, seed: int) -> dict:
             figures: dict = {"backend": backend, "datasets": n}
             with DagsterInstance.get() as instance:
                 t0 = time.perf_counter()
-                built = build(instance, store_root, ids)
+                figures["seeds_s"] = round(write_seeds(store_root, ids), 2)
+                # The cursor the sensor had once it had seen the N uploads (each its own tick, in real life).
+                resource = StoreResource(local_root=str(store_root))
+                first = seed_upload_sensor(build_sensor_context(instance=instance, resources={"store": resource}))
+                assert len(first.run_requests) == n
+                cursor = first.cursor
+                built = build(instance, ids)
                 figures["build_s"] = round(time.perf_counter() - t0, 2)
                 figures.update({k: round(v, 2) if isinstance(v, float) else v for k, v in built.items()
                                 if k not in ("ready_unadapted", "prepare_runs")})
-                resource = StoreResource(local_root=str(store_root))
 
-                # The tick that processed the N uploads left its cursor; 1,000 new uploads arrive.
-                first = seed_upload_sensor(build_sensor_context(instance=instance, resources={"store": resource}))
-                cursor = first.cursor
+                # 1,000 new uploads arrive.
                 store = LocalStore(store_root)
                 new = dataset_ids(NEW_UPLOADS, seed + 1)
                 for d in new:

@@ -128,8 +128,10 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
             candidates[uuid] = info
 
     # Only known partitions can have been processed or have a run in flight, so a tick of 1,000 first
-    # uploads asks the instance nothing per upload.
-    existing = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
+    # uploads asks the instance nothing per upload. Which candidates are known is one indexed lookup of
+    # just those keys: listing every partition would cost each tick time in the size of the deployment.
+    existing = (context.instance.get_existing_dynamic_partitions(dataset_partitions.name, sorted(candidates))
+                if candidates else set())
     new: dict[str, ObjectInfo] = {}
     pending = {}
     for uuid, info in candidates.items():
