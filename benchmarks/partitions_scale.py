@@ -9,8 +9,8 @@ evaluation too. All of it is written through Dagster's instance API (add_dynamic
 report_dagster_event with Dagster's own event batching), never by hand-written SQL. Then it times, each the
 median of --repeats runs:
 
-- seed_tick: the project's seed sensor (build_sensor_context on the instance) with 1,000 new uploads in the
-  store on top of the N seeds already processed (the cursor is where the last tick left it);
+- seed_tick: the project's seed sensor (build_sensor_context on the instance) with 1,000 (--new-uploads) new
+  uploads in the store on top of the N seeds already processed (the cursor is where the last tick left it);
 - verdict_tick: the verdict sensor on a successful run that validated a READY dataset;
 - status: `frd status UUID` (FrdClient.status, a fresh client as the CLI makes) over GraphQL against a real
   dagster-webserver started with -m frd_assets.definitions on the instance;
@@ -279,7 +279,7 @@ def graphql(port: int, query: str, variables: dict) -> dict:
 
 # ---- one instance -------------------------------------------------------------------------------------
 
-def measure(backend: str, n: int, repeats: int, seed: int) -> dict:
+def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> dict:
     from dagster import (
         AssetKey, DagsterEvent, DagsterEventType, DagsterInstance, build_run_status_sensor_context,
         build_sensor_context)
@@ -315,14 +315,14 @@ def measure(backend: str, n: int, repeats: int, seed: int) -> dict:
 
                 # 1,000 new uploads arrive.
                 store = LocalStore(store_root)
-                new = dataset_ids(NEW_UPLOADS, seed + 1)
+                new = dataset_ids(new_uploads, seed + 1)
                 for d in new:
                     store.put_bytes(SEEDS_BUCKET, f"{d}.jsonl", b'{"instruction": "x", "input": "", "output": "y"}\n')
 
                 def seed_tick(_):
                     result = seed_upload_sensor(build_sensor_context(instance=instance, cursor=cursor,
                                                                      resources={"store": resource}))
-                    assert len(result.run_requests) == NEW_UPLOADS, result
+                    assert len(result.run_requests) == new_uploads, result
                 figures["seed_tick_s"] = median_seconds(seed_tick, repeats)
 
                 ready = built["ready_unadapted"][len(built["ready_unadapted"]) // 2]
@@ -382,6 +382,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=100, help="dataset partitions on the baseline instance")
     parser.add_argument("--backends", default="postgres,sqlite", help="comma-separated: postgres, sqlite")
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure (the median is reported)")
+    parser.add_argument("--new-uploads", type=int, default=NEW_UPLOADS, help="uploads the timed seed tick finds")
     parser.add_argument("--seed", type=int, default=23)
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -393,11 +394,11 @@ def main() -> None:
 
     started = time.perf_counter()
     figures: dict = {"benchmark": "partitions_scale", "datasets": args.datasets, "baseline_datasets": args.baseline,
-                     "repeats": args.repeats, "new_uploads": NEW_UPLOADS, "machine": f"{platform.machine()} "
+                     "repeats": args.repeats, "new_uploads": args.new_uploads, "machine": f"{platform.machine()} "
                      f"{os.cpu_count()} cpus, Python {platform.python_version()}", "target_seconds": TARGET_SECONDS}
     for backend in backends:
-        base = measure(backend, args.baseline, args.repeats, args.seed)
-        big = measure(backend, args.datasets, args.repeats, args.seed)
+        base = measure(backend, args.baseline, args.repeats, args.seed, args.new_uploads)
+        big = measure(backend, args.datasets, args.repeats, args.seed, args.new_uploads)
         print(f"{backend}: built {args.datasets:,} partitions in {big['build_s']:.1f} s "
               f"({big['runs']:,} runs, {big['events']:,} materializations)", flush=True)
         print(f"  {'operation':28s} {args.baseline:>10,} {args.datasets:>10,}   ratio", flush=True)

@@ -101,12 +101,13 @@ def test_evaluation_small_run(tiny_model_dir):
     assert figures["tasks"] == 2 and figures["answers"] == 4
 
 
+@pytest.mark.slow  # two webservers and a SQLite event shard per run: a minute or two on a shared machine
 def test_partitions_scale_small_run():
     """The whole benchmark on SQLite at 60 datasets against 20: it builds both instances through Dagster's API,
     runs the real sensors, client and UI queries against a real webserver, and checks each answer."""
     figures = _run("partitions_scale", "--datasets", "60", "--baseline", "20", "--backends", "sqlite",
-                   "--repeats", "1")
-    assert figures["datasets"] == 60 and figures["baseline_datasets"] == 20 and figures["new_uploads"] == 1000
+                   "--repeats", "1", "--new-uploads", "50")
+    assert figures["datasets"] == 60 and figures["baseline_datasets"] == 20 and figures["new_uploads"] == 50
     assert figures["sqlite_runs"] == 12 + 1  # a prepare run per seeded dataset, an adapter run per adapted one
     assert figures["sqlite_events"] == 12 + 2 * 6 + 2 * 1
     for op in ("seed_tick_s", "verdict_tick_s", "status_s", "launch_s", "add_partition_s", "asset_partition_page_s",
