@@ -284,11 +284,14 @@ class FrdClient:
     def status(self, uuid: str) -> list[AssetStatus]:
         """Per asset: the latest materialization of this partition, the status of its latest run, metadata."""
         uuid = _dataset_id(uuid)
-        if uuid not in set(self.partitions()):
-            raise FrdClientError(f"dataset {uuid} is not a partition here; upload its seed or `frd launch {uuid}`")
         data = self._query(STATUS, {"uuid": uuid, "tags": [{"key": PARTITION_TAG, "value": uuid}],
                                     "assetKeys": [{"path": [a]} for a in ASSETS]})
         runs = data["runsOrError"].get("results", [])
+        # A dataset with a run or a materialization is known; only one with neither needs the partition list
+        # (GraphQL has no lookup of one dynamic partition, and the list grows with every dataset ever uploaded).
+        if not runs and not any(node["assetMaterializations"] for node in data["assetNodes"]) \
+                and uuid not in set(self.partitions()):
+            raise FrdClientError(f"dataset {uuid} is not a partition here; upload its seed or `frd launch {uuid}`")
         out = []
         for node in sorted(data["assetNodes"], key=lambda n: ASSETS.index(n["assetKey"]["path"][-1])):
             name = node["assetKey"]["path"][-1]

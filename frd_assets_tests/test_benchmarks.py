@@ -99,3 +99,20 @@ def test_teacher_throughput_small_run(tiny_model_dir):
 def test_evaluation_small_run(tiny_model_dir):
     figures = _run("evaluation", "--model", str(tiny_model_dir), "--tasks", "2", "--max-new-tokens", "4")
     assert figures["tasks"] == 2 and figures["answers"] == 4
+
+
+@pytest.mark.slow  # two webservers and a SQLite event shard per run: a minute or two on a shared machine
+def test_partitions_scale_small_run():
+    """The whole benchmark on SQLite at 60 datasets against 20: it builds both instances through Dagster's API,
+    runs the real sensors, client and UI queries against a real webserver, and checks each answer."""
+    figures = _run("partitions_scale", "--datasets", "60", "--baseline", "20", "--backends", "sqlite",
+                   "--repeats", "1", "--new-uploads", "50")
+    assert figures["datasets"] == 60 and figures["baseline_datasets"] == 20 and figures["new_uploads"] == 50
+    assert figures["sqlite_runs"] == 12 + 1  # a prepare run per seeded dataset, an adapter run per adapted one
+    assert figures["sqlite_events"] == 12 + 2 * 6 + 2 * 1
+    for op in ("seed_tick_s", "verdict_tick_s", "status_s", "launch_s", "add_partition_s", "asset_partition_page_s",
+               "asset_partitions_overview_s"):
+        assert figures[f"sqlite_{op}"] > 0 and figures[f"sqlite_baseline_{op}"] > 0
+        assert figures[f"sqlite_ratio_{op}"] == pytest.approx(figures[f"sqlite_{op}"] / figures[f"sqlite_baseline_{op}"],
+                                                              rel=0.05, abs=0.02)
+    assert "postgres_seed_tick_s" not in figures

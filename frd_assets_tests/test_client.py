@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from frd_assets.client import CODE_LOCATION, FrdClient, FrdClientError
+from frd_assets.client import CODE_LOCATION, PARTITION_KEYS, FrdClient, FrdClientError
 from frd_assets_tests.openai_server import free_port
 from frd_assets_tests.processes import stop_process_groups
 
@@ -127,3 +127,21 @@ def test_a_read_only_webserver_is_named_as_such(webservers):
         FrdClient("127.0.0.1", webservers["read_only"]).launch(dataset_id)
     assert f":{webservers['read_only']}/graphql" in str(raised.value)
     assert dataset_id not in FrdClient("127.0.0.1", webservers["write"]).partitions()
+
+
+def test_status_lists_partitions_only_for_a_dataset_with_no_run(webservers):
+    """The partition list grows with every dataset ever uploaded (issue 23): status of a dataset that has a run
+    answers from its own runs and materializations; only a bare partition or an unknown id needs the list."""
+    launched, bare, unknown = (str(uuid.uuid4()) for _ in range(3))
+    FrdClient("127.0.0.1", webservers["write"]).launch(launched, assets=["seed_dataset"])
+    FrdClient("127.0.0.1", webservers["write"]).add_partition(bare)
+
+    client = RecordingClient("127.0.0.1", webservers["write"])
+    statuses = {s.asset: s for s in client.status(launched)}
+    assert statuses["seed_dataset"].run_status == "QUEUED"
+    assert PARTITION_KEYS not in client.sent
+
+    assert all(s.run_id is None and s.materialized_at is None for s in client.status(bare))
+    assert client.sent.count(PARTITION_KEYS) == 1
+    with pytest.raises(FrdClientError, match=f"dataset {unknown} is not a partition here"):
+        client.status(unknown)

@@ -287,3 +287,31 @@ def test_an_unreachable_store_skips_the_tick_naming_the_endpoint_and_keeps_the_c
     result = tick(dagster_instance, resource, cursor)
     assert not result.run_requests and result.cursor == cursor
     assert endpoint in result.skip_reason.skip_message and "MINIO_ENDPOINT" in result.skip_reason.skip_message
+
+
+def test_a_tick_without_its_cursor_sorts_many_known_datasets_in_one_pass(dagster_instance, tmp_path):
+    """A reset sensor sees every seed in the bucket as fresh; known datasets are looked up together (issue 23),
+    and each still gets its own answer: processed ones stay quiet, one with a run in flight waits, a known one
+    never processed and a new one run."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    processed = sorted(str(uuid.uuid4()) for _ in range(3))
+    busy, unprocessed, new = (str(uuid.uuid4()) for _ in range(3))
+    for u in (*processed, busy, unprocessed, new):
+        write_seed(store, u, SEED)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [*processed, busy, unprocessed])
+    for u in processed:
+        materialize_seed(dagster_instance, resource, u)
+    create_run_for_test(dagster_instance, job_name="prepare_dataset", status=DagsterRunStatus.STARTED,
+                        tags={"dagster/partition": busy})
+
+    result = tick(dagster_instance, resource)  # no cursor
+    assert sorted(r.partition_key for r in result.run_requests) == sorted([unprocessed, new])
+    assert [req.partition_keys for req in result.dynamic_partitions_requests] == [[new]]
+    assert list(json.loads(result.cursor)["pending"]) == [f"{busy}.jsonl"]

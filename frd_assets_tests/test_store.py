@@ -91,3 +91,24 @@ def test_s3_unreachable_endpoint_names_it():
     store.client.meta.config.retries = {"max_attempts": 1}
     with pytest.raises(StoreError, match="127.0.0.1:9"):
         store.get_bytes("seeds", "x")
+
+
+def test_the_local_listing_keys_nested_folders_and_skips_links_and_unfinished_writes(tmp_path):
+    from frd_assets.core.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    for key in ("a.jsonl", "u1/a.jsonl", "u1/ab/c.json", "u10/a.jsonl"):
+        store.put_bytes("b", key, b"x")
+    bucket = tmp_path / "store" / "b"
+    (bucket / "u1" / ".tmp-half").write_bytes(b"half")  # a write in progress
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "d" / "f").write_bytes(b"secret")
+    (bucket / "linked").symlink_to(outside / "d")
+    (bucket / "u1" / "link.jsonl").symlink_to(outside / "d" / "f")
+
+    assert [i.key for i in store.list("b")] == ["a.jsonl", "u1/a.jsonl", "u1/ab/c.json", "u10/a.jsonl"]
+    assert [i.key for i in store.list("b", "u1/")] == ["u1/a.jsonl", "u1/ab/c.json"]
+    assert [i.key for i in store.list("b", "u1/a")] == ["u1/a.jsonl", "u1/ab/c.json"]
+    assert [i.key for i in store.list("b", "u1")] == ["u1/a.jsonl", "u1/ab/c.json", "u10/a.jsonl"]
+    assert list(store.list("b", "linked/")) == [] and list(store.list("b", "nope/")) == []

@@ -54,16 +54,36 @@ from frd_assets.defs.resources import StoreResource
 SENSOR_INTERVAL = service_settings().sensor_interval
 
 
-def _latest_seed_materialization(context: SensorEvaluationContext, uuid: str):
-    result = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(SEED_DATASET), asset_partitions=[uuid]), limit=1
-    )
-    return result.records[0] if result.records else None
+# Known uploads are looked up this many datasets to a query: a tick without its cursor (a reset sensor, a new
+# deployment over a full bucket) sees every seed as fresh, and one query per dataset would take it past the
+# sensor timeout at 100,000 datasets, so that it never advanced its cursor (issue 23).
+LOOKUP_CHUNK = 500
 
 
-def _already_processed(context: SensorEvaluationContext, uuid: str, info: ObjectInfo) -> bool:
+def _chunks(items: list[str]):
+    for i in range(0, len(items), LOOKUP_CHUNK):
+        yield items[i:i + LOOKUP_CHUNK]
+
+
+def _latest_seed_materializations(context: SensorEvaluationContext, uuids: list[str]) -> dict:
+    """Dataset id -> its latest seed_dataset materialization record, for those that have one."""
+    latest: dict = {}
+    for chunk in _chunks(uuids):
+        cursor = None
+        while True:
+            result = context.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(SEED_DATASET), asset_partitions=chunk), limit=1000,
+                cursor=cursor)
+            for record in result.records:  # newest first
+                latest.setdefault(record.partition_key, record)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return latest
+
+
+def _already_processed(record, info: ObjectInfo) -> bool:
     """This exact upload (key and ETag) is what the dataset's latest seed_dataset materialization read."""
-    record = _latest_seed_materialization(context, uuid)
     if record is None:
         return False
     meta = record.asset_materialization.metadata if record.asset_materialization else {}
@@ -73,12 +93,13 @@ def _already_processed(context: SensorEvaluationContext, uuid: str, info: Object
     return record.timestamp > info.last_modified
 
 
-def _in_flight(context: SensorEvaluationContext, uuid: str) -> bool:
-    """A run for this partition is queued or running (launched by a sensor, by hand or over GraphQL)."""
-    runs = context.instance.get_runs(
-        RunsFilter(tags={PARTITION_TAG: uuid}, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
-    )
-    return bool(runs)
+def _in_flight(context: SensorEvaluationContext, uuids: list[str]) -> set[str]:
+    """The datasets with a run queued or running (launched by a sensor, by hand or over GraphQL)."""
+    busy: set[str] = set()
+    for chunk in _chunks(uuids):
+        runs = context.instance.get_runs(RunsFilter(tags={PARTITION_TAG: chunk}, statuses=IN_PROGRESS_RUN_STATUSES))
+        busy.update(run.tags.get(PARTITION_TAG) for run in runs)
+    return busy
 
 
 def _read_cursor(raw: str | None) -> tuple[float, dict[str, str], dict[str, str]]:
@@ -142,16 +163,21 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
             candidates[uuid] = info
 
     # Only known partitions can have been processed or have a run in flight, so a tick of 1,000 first
-    # uploads asks the instance nothing per upload.
-    existing = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
+    # uploads asks the instance nothing per upload. Which candidates are known is one indexed lookup of
+    # just those keys: listing every partition would cost each tick time in the size of the deployment.
+    existing = (context.instance.get_existing_dynamic_partitions(dataset_partitions.name, sorted(candidates))
+                if candidates else set())
+    known = sorted(existing)
+    busy = _in_flight(context, known) if known else set()
+    latest = _latest_seed_materializations(context, sorted(existing - busy)) if known else {}
     new: dict[str, ObjectInfo] = {}
     pending = {}
     for uuid, info in candidates.items():
         if uuid in existing:
-            if _in_flight(context, uuid):
+            if uuid in busy:
                 pending[info.key] = info.etag  # looked at again once that run has ended
                 continue
-            if _already_processed(context, uuid, info):
+            if _already_processed(latest.get(uuid), info):
                 continue
         new[uuid] = info
     next_cursor = json.dumps({"mark": mark, "at_mark": at_mark, "pending": pending}, sort_keys=True)
