@@ -169,8 +169,15 @@ def build(instance, ids: list[str], etags: dict[str, str]) -> dict:
     from dagster._core.storage.dagster_run import DagsterRunStatus
 
     from frd_assets.core.names import (
-        ADAPTER_EVALUATION, GENERATED_DATASET, LORA_ADAPTER, PARTITION_TAG, PREPARE_DATASET_JOB, SEED_DATASET,
-        TRAIN_ADAPTER_JOB, VALIDATED_DATASET)
+        ADAPTER_EVALUATION,
+        GENERATED_DATASET,
+        LORA_ADAPTER,
+        PARTITION_TAG,
+        PREPARE_DATASET_JOB,
+        SEED_DATASET,
+        TRAIN_ADAPTER_JOB,
+        VALIDATED_DATASET,
+    )
     from frd_assets.core.validation import READY
     from frd_assets.defs.assets import SEED_ETAG, SEED_KEY
     from frd_assets.defs.partitions import dataset_partitions
@@ -283,8 +290,13 @@ def graphql(port: int, query: str, variables: dict) -> dict:
 
 def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> dict:
     from dagster import (
-        AssetKey, DagsterEvent, DagsterEventType, DagsterInstance, build_run_status_sensor_context,
-        build_sensor_context)
+        AssetKey,
+        DagsterEvent,
+        DagsterEventType,
+        DagsterInstance,
+        build_run_status_sensor_context,
+        build_sensor_context,
+    )
 
     from frd_assets.client import FrdClient
     from frd_assets.core.names import ASSETS, PREPARE_DATASET_JOB, SEED_DATASET, VALIDATED_DATASET
@@ -337,7 +349,8 @@ def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> 
 
                 ready = built["ready_unadapted"][len(built["ready_unadapted"]) // 2]
                 run = instance.get_run_by_id(built["prepare_runs"][ready])
-                success = DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value, job_name=PREPARE_DATASET_JOB)
+                success = DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
+                                       job_name=PREPARE_DATASET_JOB)
 
                 def verdict_tick(_):
                     context = build_run_status_sensor_context(
@@ -382,8 +395,8 @@ def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> 
     return figures
 
 
-TIMED = ("seed_tick_s", "seed_tick_no_cursor_s", "verdict_tick_s", "status_s", "status_bare_partition_s", "launch_s", "add_partition_s",
-         "asset_partition_page_s", "asset_partitions_overview_s")
+TIMED = ("seed_tick_s", "seed_tick_no_cursor_s", "verdict_tick_s", "status_s", "status_bare_partition_s", "launch_s",
+         "add_partition_s", "asset_partition_page_s", "asset_partitions_overview_s")
 
 
 def main() -> None:

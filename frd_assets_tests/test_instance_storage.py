@@ -4,7 +4,6 @@ the assets; against real dagster-webserver processes."""
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import yaml
 
 from frd_assets.client import FrdClient, FrdClientError
 from frd_assets_tests.openai_server import free_port
+from frd_assets_tests.processes import stop_process_groups
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES_ON_THE_INSTANCE = ("code-server", "dagster-webserver", "dagster-webserver-watch", "dagster-daemon",
@@ -69,12 +69,7 @@ def webserver(tmp_path: Path, module_source: str):
             time.sleep(0.5)
         yield port
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_groups([proc], timeout=20)
 
 
 def _loaded(port: int) -> bool:
