@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     from frd_assets.core.lora.export import CHECK_MAX_NEW_TOKENS, CHECK_PROMPTS
     from frd_assets.core.lora.search import SearchSettings
     from frd_assets.core.lora.trial import TrainingConfig
-    from frd_assets.core.settings import DEFAULT_N_TRIALS, lora_settings, service_settings
+    from frd_assets.core.settings import (
+        DEMO_INSTRUCTIONS,
+        DEMO_N_TRIALS,
+        demo_n_trials,
+        lora_settings,
+        service_settings,
+    )
 
     # Flag defaults are core's config defaults, so a flag and the run config it mirrors cannot drift apart.
     generation, training, evaluation = GenerationConfig(), TrainingConfig(), EvaluationConfig()
@@ -168,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")
-    demo.add_argument("--instructions", type=integer, default=24, help="instructions to generate (default 24)")
+    demo.add_argument("--instructions", type=integer, default=DEMO_INSTRUCTIONS,
+                      help=f"instructions to generate (default {DEMO_INSTRUCTIONS})")
     demo.add_argument(
         "--trials",
         type=integer,
-        default=lora.n_trials,
-        help=f"Optuna trials (default LORA_N_TRIALS or {DEFAULT_N_TRIALS})",
+        default=demo_n_trials(),
+        help=f"Optuna trials (default LORA_N_TRIALS or {DEMO_N_TRIALS})",
     )
     demo.set_defaults(func=_service("cmd_demo"))
     return parser
