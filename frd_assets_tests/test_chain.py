@@ -131,10 +131,10 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     report = json.loads(versions.read(store, evaluation, "report.json"))
     assert set(report) == {"n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds",
                            "samples"}
-    assert report["n"] == 4 and report["judge"] is None and len(report["samples"]) == 4  # the test part
-    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 4
+    assert report["n"] == 9 and report["judge"] is None and len(report["samples"]) == 9  # the test part
+    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 9
     evaluated = metadata(dagster_instance, "adapter_evaluation")
-    assert evaluated["n"] == 4 and evaluated["judge"].startswith("none")
+    assert evaluated["n"] == 9 and evaluated["judge"].startswith("none")
     first_check = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                    and e.event_specific_data.check_name == "adapter_beats_base"]
     assert [e.event_specific_data.severity.value for e in first_check] == ["WARN"]
