@@ -81,12 +81,12 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     assert adapter["base_eval_loss"] > 0 and adapter["best_eval_loss"] > 0
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
-    assert metadata(dagster_instance, "seed_dataset")["records"] == 42
-    assert metadata(dagster_instance, "seed_dataset")["held_out"] == 8
-    # The 34 seed tasks not held out trained beside the generated records; the 4 validation tasks chose.
-    assert adapter["seed_task_records"] == 34 and adapter["validation_records"] == 4
+    assert metadata(dagster_instance, "seed_dataset")["records"] == 88
+    assert metadata(dagster_instance, "seed_dataset")["held_out"] == 18
+    # The 70 seed tasks not held out trained beside the generated records; the 9 validation tasks chose.
+    assert adapter["seed_task_records"] == 70 and adapter["validation_records"] == 9
     assert adapter["objective"] == "real_tasks" and isinstance(adapter["beats_base_model"], bool)
-    assert "and 34 of the user's own seed tasks" in versions.read(store, current, "README.md").decode()
+    assert "and 70 of the user's own seed tasks" in versions.read(store, current, "README.md").decode()
 
     # The stored adapter loads as it lies with peft and changes the base model's output.
     import torch
@@ -131,10 +131,10 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     report = json.loads(versions.read(store, evaluation, "report.json"))
     assert set(report) == {"n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds",
                            "samples"}
-    assert report["n"] == 4 and report["judge"] is None and len(report["samples"]) == 4  # the test part
-    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 4
+    assert report["n"] == 9 and report["judge"] is None and len(report["samples"]) == 9  # the test part
+    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 9
     evaluated = metadata(dagster_instance, "adapter_evaluation")
-    assert evaluated["n"] == 4 and evaluated["judge"].startswith("none")
+    assert evaluated["n"] == 9 and evaluated["judge"].startswith("none")
     first_check = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                    and e.event_specific_data.check_name == "adapter_beats_base"]
     assert [e.event_specific_data.severity.value for e in first_check] == ["WARN"]

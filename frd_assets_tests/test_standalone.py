@@ -56,6 +56,17 @@ def test_the_standalone_module_and_the_parser_import_without_dagster():
     assert out.stdout.strip() == "[]"
 
 
+def test_demo_flags_default_to_the_demo_sizes_and_lora_n_trials_wins(monkeypatch):
+    from frd_assets.cli import build_parser
+    from frd_assets.core.settings import DEMO_INSTRUCTIONS, DEMO_N_TRIALS
+
+    monkeypatch.delenv("LORA_N_TRIALS", raising=False)
+    args = build_parser().parse_args(["demo"])
+    assert (args.trials, args.instructions) == (DEMO_N_TRIALS, DEMO_INSTRUCTIONS) == (3, 12)  # as README says
+    monkeypatch.setenv("LORA_N_TRIALS", "5")
+    assert build_parser().parse_args(["demo"]).trials == 5
+
+
 def test_standalone_commands_never_import_dagster(tmp_path, tiny_model_dir):
     rows = [json.loads(line) for line in SAMPLE_SEED.read_text().splitlines() if line.strip()][:12]
     records = tmp_path / "records.jsonl"

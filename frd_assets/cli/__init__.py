@@ -43,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     from frd_assets.core.lora.search import SearchSettings
     from frd_assets.core.lora.trial import TrainingConfig
     from frd_assets.core.retirement import RESTORE_FLAG
-    from frd_assets.core.settings import DEFAULT_N_TRIALS, lora_settings, service_settings
+    from frd_assets.core.settings import DEMO_INSTRUCTIONS, DEMO_N_TRIALS, demo_n_trials, service_settings
 
     # Flag defaults are core's config defaults, so a flag and the run config it mirrors cannot drift apart.
     generation, training, evaluation = GenerationConfig(), TrainingConfig(), EvaluationConfig()
 
     # Defaults shown in --help come from the environment (core/settings.py), like the platform's own.
-    service, lora = service_settings(), lora_settings()
+    service = service_settings()
     parser = _Parser(prog="frd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -179,12 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="upload the sample seed and materialize the whole chain for it")
     demo.add_argument("--uuid", help="dataset UUID (default: a new one)")
-    demo.add_argument("--instructions", type=integer, default=24, help="instructions to generate (default 24)")
+    demo.add_argument("--instructions", type=integer, default=DEMO_INSTRUCTIONS,
+                      help=f"instructions to generate (default {DEMO_INSTRUCTIONS})")
     demo.add_argument(
         "--trials",
         type=integer,
-        default=lora.n_trials,
-        help=f"Optuna trials (default LORA_N_TRIALS or {DEFAULT_N_TRIALS})",
+        default=demo_n_trials(),
+        help=f"Optuna trials (default LORA_N_TRIALS or {DEMO_N_TRIALS})",
     )
     demo.set_defaults(func=_service("cmd_demo"))
     return parser

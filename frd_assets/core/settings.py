@@ -23,6 +23,14 @@ from frd_assets.core.config_checks import Integer, Number, OneOf, check_value
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 # One default for the Dagster asset and the CLI: a few trials keep a CPU demo under ten minutes.
 DEFAULT_N_TRIALS = 4
+# `frd demo` on the bundled sample seed (88 tasks): sized so the whole chain runs in under 6 minutes on 2 CPU
+# cores while its test part (half of the held-out half: 22 tasks) is large enough to show a difference. The
+# assets' own defaults (held_out_fraction 0.2, 2 epochs, 128 new tokens, LORA_N_TRIALS) are for a user's seed.
+DEMO_INSTRUCTIONS = 12  # generated instructions: the 44 seed tasks that train are the better data
+DEMO_HELD_OUT_FRACTION = 0.5  # of the seed's tasks: validation and test, half each
+DEMO_N_TRIALS = 3  # unless LORA_N_TRIALS is set
+DEMO_EPOCHS = 1
+DEMO_EVAL_MAX_NEW_TOKENS = 64  # the references are a sentence or shorter
 # How the teacher and the judge (a teacher too) send prompts: the environment's and the resources' defaults,
 # and make_teacher's, so a teacher built from code behaves as one built from settings.
 TEACHER_BATCH_SIZE = 8  # prompts per forward pass of a local model
@@ -185,6 +193,11 @@ class LoraSettings:
     n_workers: int = 1  # trial processes at once (see core/lora/pool.py)
     storage_var: str | None = None  # OPTUNA_STORAGE when it is set; else an SQLite file (study_storage.py)
     trials_dir: Path | None = None  # trial adapters; None means beside the model cache
+
+
+def demo_n_trials(env: _Env | None = None) -> int:
+    """`frd demo`'s trials: LORA_N_TRIALS when set, else DEMO_N_TRIALS."""
+    return env_int(_env(env), LORA_N_TRIALS, DEMO_N_TRIALS)
 
 
 def lora_settings(env: _Env | None = None) -> LoraSettings:
