@@ -277,6 +277,7 @@ def cmd_evaluate(args) -> int:
     from frd_assets.core.generation.openai_teacher import TeacherError
     from frd_assets.core.lora.adapter import base_model_for_adapter, check_adapter_dir
     from frd_assets.core.models import resolve_model
+    from frd_assets.core.threads import apply_thread_budget, thread_budget
 
     # With --json, stdout holds the one JSON object; progress goes to stderr.
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
@@ -292,6 +293,8 @@ def cmd_evaluate(args) -> int:
         base_model = args.base_model or base_model_for_adapter(args.adapter, print_fn=log)
         resolve_model(base_model)  # ModelNotFound in seconds, before anything is loaded
         judge = make_judge(base_url=judge_url, model=judge_model, api_key=judge_settings["api_key"])
+        # FRD_TORCH_THREADS holds here as in every command that runs a model (all cores when unset).
+        apply_thread_budget(thread_budget())
         report = evaluate_adapter(tasks, base_model=base_model, adapter_dir=args.adapter, config=config,
                                   judge=judge, skipped=skipped, print_fn=log)
     # TaskFileError, ConfigError, AdapterError and ModelNotFound are ValueErrors; OSError covers a missing or
@@ -313,7 +316,9 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     """A merged model from an adapter, without Dagster: 0 written and checked, 1 check failed, 2 bad input."""
     from frd_assets.core.lora.export import MergeMismatch, export_merged
+    from frd_assets.core.threads import apply_thread_budget, thread_budget
 
+    apply_thread_budget(thread_budget())
     try:
         result = export_merged(args.adapter, Path(args.out), base_model=args.base_model, n_prompts=args.prompts,
                                max_new_tokens=args.max_new_tokens)
