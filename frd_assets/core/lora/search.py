@@ -291,6 +291,13 @@ def trial_table(study) -> list[dict]:
                 # LoRA on.
                 "target_modules": t.user_attrs.get("target_modules"),
                 "adapted_modules": t.user_attrs.get("adapted_modules"),
+                # How it trained, and the memory pre-flight's estimate of its peak against the peak measured
+                # (MiB: the GPU's max_memory_allocated, or the trial process's peak RSS on a CPU).
+                "weights": t.user_attrs.get("weights"),
+                "gradient_checkpointing": t.user_attrs.get("gradient_checkpointing"),
+                "micro_batch_size": t.user_attrs.get("micro_batch_size"),
+                "memory_estimate_mb": t.user_attrs.get("memory_estimate_mb"),
+                "peak_memory_mb": t.user_attrs.get("peak_memory_mb"),
             }
         )
     return rows
