@@ -99,3 +99,20 @@ def test_teacher_throughput_small_run(tiny_model_dir):
 def test_evaluation_small_run(tiny_model_dir):
     figures = _run("evaluation", "--model", str(tiny_model_dir), "--tasks", "2", "--max-new-tokens", "4")
     assert figures["tasks"] == 2 and figures["answers"] == 4
+
+
+def test_gpu_trainer_runs_its_tiny_config_without_cuda():
+    """Without CUDA the benchmark runs a tiny Llama through the real trial loop: bf16/fp32 and NF4 bases, with
+    and without checkpointing, each with its estimate and measured peak, and the ratios against baselines."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA the benchmark runs the 1B and 8B shapes: minutes, not a test")
+    figures = _run("gpu_trainer", "--steps", "2", "--seq", "64")
+    assert figures["failed"] == [] and figures["device"] == "cpu"
+    for q in ("none", "nf4"):
+        for c in ("ckpt", "nockpt"):
+            assert figures[f"tiny_{q}_{c}_tokens_per_s"] > 0
+            assert figures[f"tiny_{q}_{c}_peak_mb"] > 0 and figures[f"tiny_{q}_{c}_estimate_mb"] > 0
+        assert figures[f"tiny_{q}_ckpt_memory_ratio"] > 0 and figures[f"tiny_{q}_ckpt_speed_ratio"] > 0
+    assert figures["tiny_nf4_vs_unquantized_memory_ratio_ckpt"] > 0

@@ -24,6 +24,7 @@ from frd_assets.core.lora.memory import (
     plan_memory,
 )
 from frd_assets.core.lora.precision import load_training_model, resolve_precision
+from frd_assets.core.lora.search import SearchSpace
 from frd_assets.core.lora.trial import (
     LoraHyperparams,
     TrainingConfig,
@@ -33,12 +34,15 @@ from frd_assets.core.lora.trial import (
     warmup_steps,
 )
 from frd_assets.core.models import load_causal_lm, load_tokenizer
-from frd_assets.core.records import parse_seed
+from frd_assets.core.records import Record, parse_seed
 from frd_assets.core.seeds import sample_seed
+from frd_assets.core.settings import FRD_TRIAL_MEMORY_GIB
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SEED = Path(str(sample_seed()))
 QUIET = {"print_fn": lambda _: None}
+LORA_RECORDS = [Record(f"r{i}", f"Describe the quiet river number {i}.", "", f"The river {i} is calm and green.")
+                for i in range(12)]
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +170,26 @@ def test_an_nf4_trial_trains_saves_an_adapter_that_loads_and_exports_merged(tiny
     assert not any("absmax" in k or "quant" in k for k in merged)
 
 
+def test_export_refuses_a_quantized_base_in_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    from frd_assets.core.lora.adapter import AdapterError
+
+    base = tmp_path / "nf4-base"
+    shutil.copytree(tiny_model_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (base / "config.json").write_text(json.dumps(config))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(AdapterError) as refused:
+        export_merged(adapter, tmp_path / "out", base_model=str(base), **QUIET)
+    assert "\n" not in str(refused.value) and "stored quantized (bitsandbytes)" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
 # 4. Schedule, accumulation.
 def test_warmup_then_cosine_learning_rates_equal_transformers_step_for_step():
     from transformers import get_cosine_schedule_with_warmup
@@ -283,3 +307,41 @@ def test_weights_are_counted_by_their_bytes_on_an_8b_shaped_model():
     # 7B linear weights in 4 bits (3.4 GiB), the 1B of embeddings and output layer in fp32 as peft's k-bit
     # preparation casts them (3.9 GiB): a third of the bf16 model's 15 GiB.
     assert 6.5 < nf4 / 2**30 < 8.0 and nf4 < weights(precision="bf16") / 2, nf4 / 2**30
+
+
+def _search_kwargs(tiny_model_dir, tmp_path, training):
+    return dict(base_model=str(tiny_model_dir), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s",
+                work_dir=tmp_path / "work", out_dir=tmp_path / "out", training=training,
+                space=SearchSpace(rank_min=4, rank_max=8), print_fn=lambda _: None)
+
+
+def test_a_search_refuses_before_its_first_trial_when_nothing_fits(tiny_model_dir, tmp_path, monkeypatch):
+    from frd_assets.core.lora.search import run_search
+
+    monkeypatch.setenv(FRD_TRIAL_MEMORY_GIB, "0.01")
+    with pytest.raises(MemoryPlanError, match=r"more than the 0\.01 GiB free on cpu"):
+        run_search(LORA_RECORDS, n_trials=1, **_search_kwargs(tiny_model_dir, tmp_path, TrainingConfig()))
+    assert not (tmp_path / "work" / "search.json").exists()  # no trial was started
+
+
+def test_a_search_shrinks_the_micro_batch_to_the_stated_limit_and_records_estimate_and_peak(
+    tiny_model_dir, tokenizer, tmp_path, monkeypatch
+):
+    from frd_assets.core.lora.data import split_records
+    from frd_assets.core.lora.memory import GIB, model_shape_of
+    from frd_assets.core.lora.search import run_search
+
+    training = TrainingConfig(epochs=1, batch_size=8, evals_per_trial=1, max_length=128)
+    train, evals = split_records(LORA_RECORDS, eval_fraction=training.eval_fraction, seed=0)
+    seq_len = max(len(tokenize_record(tokenizer, r, max_length=128).input_ids) for r in train + evals)
+    shape = model_shape_of(str(tiny_model_dir))
+    two = estimate_for_config(shape, training, rank=8, device_type="cpu", seq_len=seq_len, micro_batch_size=2)
+    four = estimate_for_config(shape, training, rank=8, device_type="cpu", seq_len=seq_len, micro_batch_size=4)
+    assert two.total < four.total
+    monkeypatch.setenv(FRD_TRIAL_MEMORY_GIB, f"{(two.total + four.total) / 2 / GIB:.6f}")
+    result = run_search(LORA_RECORDS, n_trials=1, **_search_kwargs(tiny_model_dir, tmp_path, training))
+    (row,) = result.trials
+    assert row["micro_batch_size"] == 2 and row["state"] == "COMPLETE", row
+    assert row["memory_estimate_mb"] > 0 and row["peak_memory_mb"] > 0, row
+    job = json.loads((tmp_path / "work" / "search.json").read_text())
+    assert job["training"]["micro_batch_size"] == 2 and job["training"]["batch_size"] == 8

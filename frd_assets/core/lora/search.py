@@ -168,6 +168,8 @@ def _search(
     validation = ([tokenize_record(tokenizer, r, max_length=training.max_length) for r in validation_records]
                   if objective == REAL_TASKS else [])
     pad_id = tokenizer.pad_token_id
+    training = _memory_preflight(base_model, training, space, settings, train + evals + validation,
+                                 local=workers is None, print_fn=print_fn)
 
     # No sampler or pruner here: they are not stored with the study, and only the trial workers ask it for
     # trials (worker.py loads it with both).
@@ -236,6 +238,35 @@ def _search(
     )
     _write_adapter(best_dir, out_dir, result)
     return result
+
+
+def _memory_preflight(base_model: str, training: TrainingConfig, space: SearchSpace, settings: SearchSettings,
+                      examples: Sequence[Example], *, local: bool, print_fn: Callable[[str], None]) -> TrainingConfig:
+    """The training config whose trials fit in memory at the search space's largest rank (core/lora/memory.py):
+    as given, or with a smaller micro-batch; MemoryPlanError (one line) when nothing does. The limit is
+    FRD_TRIAL_MEMORY_GIB where set, else this machine's: a GPU's free memory, or the RAM available shared
+    by the CPU workers. Trials elsewhere (Kubernetes pods) without a stated limit: the estimate is printed."""
+    from frd_assets.core.lora.memory import GIB, available_memory, estimate_for_config, model_shape_of, plan_memory
+    from frd_assets.core.models import pick_device
+    from frd_assets.core.settings import trial_memory_gib
+
+    device = pick_device()
+    shape = model_shape_of(base_model)
+    seq_len = min(training.max_length, max((len(e.input_ids) for e in examples), default=training.max_length))
+    stated = trial_memory_gib()
+    if stated is None and not local:
+        estimate = estimate_for_config(shape, training, rank=space.rank_max, device_type=device, seq_len=seq_len)
+        print_fn(f"memory pre-flight: estimated peak of a trial {estimate.describe()}; set FRD_TRIAL_MEMORY_GIB "
+                 "to the trial workers' memory to have it checked")
+        return training
+    if stated is not None:
+        available = int(stated * GIB)
+    else:
+        available = available_memory(device) // (settings.n_workers if device == "cpu" else 1)
+    plan = plan_memory(shape, training, rank=space.rank_max, device=device, available=available, seq_len=seq_len,
+                       print_fn=lambda _: None)
+    print_fn(plan.note)
+    return plan.config
 
 
 def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_size: int, pad_id: int,

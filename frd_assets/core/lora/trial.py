@@ -385,7 +385,7 @@ def run_trial(
         result.peak_memory_mb = round(peak.measured() / 2**20, 1)
         stopper.release()
         model.unload()  # takes the LoRA layers out again; base weights were never changed
-        if checkpointing and not quantized:
+        if checkpointing:
             base_model.gradient_checkpointing_disable()
             base_model.disable_input_require_grads()
         del model, optimizer, schedule, params
