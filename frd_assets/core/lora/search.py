@@ -180,12 +180,13 @@ def _search(
         load_if_exists=True,
     )
     study.set_user_attr("base_model", base_model)
-    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=training.batch_size, pad_id=pad_id)
+    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=training.batch_size, pad_id=pad_id,
+                                     training=training)
     print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
     base_validation_loss = None
     if validation:  # the base model is a candidate: measured once, kept in the study like the eval loss
         base_validation_loss = _base_eval_loss(study, base_model, validation, batch_size=training.batch_size,
-                                               pad_id=pad_id, attr="base_validation_loss")
+                                               pad_id=pad_id, attr="base_validation_loss", training=training)
         print_fn(f"base model validation loss {base_validation_loss:.4f} on {len(validation)} validation records")
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -270,21 +271,26 @@ def _memory_preflight(base_model: str, training: TrainingConfig, space: SearchSp
 
 
 def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_size: int, pad_id: int,
-                    attr: str = "base_eval_loss") -> float:
+                    attr: str = "base_eval_loss", training: TrainingConfig | None = None) -> float:
     """The base model's eval loss, kept in the study: a resumed search need not load the model here at all,
-    and the trial workers never share a device with a model this process still holds."""
+    and the trial workers never share a device with a model this process still holds. Loaded as the trials
+    load it (precision, quantization): the adapters are measured on that base, and an 8B model in fp32
+    would not fit the GPU its bf16 trials fit."""
     import gc
 
     import torch
 
-    from frd_assets.core.models import load_causal_lm, pick_device
+    from frd_assets.core.lora.precision import load_training_model
+    from frd_assets.core.models import pick_device
 
     # Keyed by model and eval tokens: a study continued on other data or another split measures again.
     key = hashlib.sha256(json.dumps([base_model, [e.input_ids for e in evals]]).encode()).hexdigest()[:16]
     attrs, key_attr = study.user_attrs, attr.replace("_loss", "_key")  # base_eval_key as studies stored it
     if attrs.get(key_attr) == key and attrs.get(attr) is not None:
         return float(attrs[attr])
-    model = load_causal_lm(base_model, device=pick_device())
+    training = training or TrainingConfig()
+    model = load_training_model(base_model, precision=training.precision, quantization=training.quantization,
+                                device=pick_device())
     loss = evaluate_loss(model, evals, batch_size=batch_size, pad_id=pad_id)
     del model
     gc.collect()
