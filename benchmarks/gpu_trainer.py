@@ -69,13 +69,13 @@ def peak_flops(device_name: str) -> float | None:
 
 def build_random_model(shape: str, folder: Path, dtype) -> Path:
     """A model with this shape and random weights, saved as safetensors for the project's loader."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(**SHAPES[shape], **COMMON)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    with torch.device(device):  # initialised where it is fastest; an 8B model in seconds on a GPU
-        model = LlamaForCausalLM(config).to(dtype)
+    with torch.device(device):  # initialised where it is fastest, in its dtype: an 8B model in seconds on a GPU
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(folder, safe_serialization=True)
     del model
     gc.collect()
@@ -155,7 +155,8 @@ def main() -> None:
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
-            (Path(folder) / "model.safetensors").unlink(missing_ok=True)
+            for weights in Path(folder).glob("*.safetensors"):  # the disk for the next model
+                weights.unlink()
 
     def key(r):
         return f"{r['model']}_{r['quantization']}_{'ckpt' if r['checkpointing'] else 'nockpt'}"
