@@ -170,6 +170,7 @@ def _search(
     pad_id = tokenizer.pad_token_id
     training = _memory_preflight(base_model, training, space, settings, train + evals + validation,
                                  local=workers is None, print_fn=print_fn)
+    eval_batch = min(training.micro_batch_size or training.batch_size, training.batch_size)  # what fits
 
     # No sampler or pruner here: they are not stored with the study, and only the trial workers ask it for
     # trials (worker.py loads it with both).
@@ -180,12 +181,12 @@ def _search(
         load_if_exists=True,
     )
     study.set_user_attr("base_model", base_model)
-    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=training.batch_size, pad_id=pad_id,
+    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=eval_batch, pad_id=pad_id,
                                      training=training)
     print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
     base_validation_loss = None
     if validation:  # the base model is a candidate: measured once, kept in the study like the eval loss
-        base_validation_loss = _base_eval_loss(study, base_model, validation, batch_size=training.batch_size,
+        base_validation_loss = _base_eval_loss(study, base_model, validation, batch_size=eval_batch,
                                                pad_id=pad_id, attr="base_validation_loss", training=training)
         print_fn(f"base model validation loss {base_validation_loss:.4f} on {len(validation)} validation records")
 

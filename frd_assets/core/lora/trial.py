@@ -12,7 +12,13 @@ from typing import Callable, Literal, Sequence
 
 from frd_assets.core.config_checks import SEED, Boolean, Integer, Names, Number, OneOf, _Refused, check_fields
 from frd_assets.core.lora.data import Example, batches, collate, example_batches, loss_tokens
-from frd_assets.core.lora.precision import CHECKPOINT_KWARGS, cuda_has_bf16, is_quantized, uses_checkpointing
+from frd_assets.core.lora.precision import (
+    CHECKPOINT_KWARGS,
+    cuda_has_bf16,
+    is_quantized,
+    resolve_precision,
+    uses_checkpointing,
+)
 
 
 @dataclass(frozen=True)
@@ -316,17 +322,20 @@ def run_trial(
         micro_batch_size=micro_batch,
         memory_estimate_mb=round(estimate.total / 2**20, 1),
     )
-    # bf16 autocast over a bf16 (or NF4) base on a GPU: the fp32 LoRA matmuls run in bf16 too.
-    use_bf16 = cuda_has_bf16(device.type) and (base_dtype == torch.bfloat16 or quantized)
+    # bf16 autocast over a bf16 base (or an NF4 one computing in bf16) on a GPU: the fp32 LoRA matmuls run in
+    # bf16 too.
+    use_bf16 = cuda_has_bf16(device.type) and (
+        base_dtype == torch.bfloat16 or (quantized and resolve_precision(config.precision, device.type) == "bf16"))
     stopper = EarlyStopping(config.early_stopping_patience)
 
     def measure(peft_model, step: int) -> float:
         """Evaluates at this step; returns the figure the search reads (validation loss where there is one)."""
-        ev = evaluate_loss(peft_model, evals, batch_size=config.batch_size, pad_id=pad_id)
+        # Micro-batches: what the pre-flight found to fit (the loss does not depend on how the split is cut).
+        ev = evaluate_loss(peft_model, evals, batch_size=micro_batch, pad_id=pad_id)
         result.eval_history.append((step, ev))
         if not validation:
             return ev
-        val = evaluate_loss(peft_model, validation, batch_size=config.batch_size, pad_id=pad_id)
+        val = evaluate_loss(peft_model, validation, batch_size=micro_batch, pad_id=pad_id)
         result.validation_history.append((step, val))
         stopper.update(peft_model, step, val)
         return val
