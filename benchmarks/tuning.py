@@ -122,7 +122,9 @@ def part_a(model_name: str, recs: list[Record], max_length: int, *, rounds: int 
     """Train tokens per second and final eval loss of the project's trial and of the plain loop, best of
     `rounds` each, alternated so that a neighbour's load falls on both."""
     tokenizer = load_tokenizer(model_name)
-    cfg = TrainingConfig(epochs=2, batch_size=4, max_length=max_length, evals_per_trial=1)
+    # The plain loop's constant learning rate, so that the two eval losses compare the loops, not schedules.
+    cfg = TrainingConfig(epochs=2, batch_size=4, max_length=max_length, evals_per_trial=1, lr_scheduler="constant",
+                         warmup_ratio=0.0)
     train_recs, eval_recs = split_records(recs, eval_fraction=0.2, seed=0)
     train = [tokenize_record(tokenizer, r, max_length=cfg.max_length) for r in train_recs]
     evals = [tokenize_record(tokenizer, r, max_length=cfg.max_length) for r in eval_recs]

@@ -116,3 +116,20 @@ def test_partitions_scale_small_run():
         ratio = figures[f"sqlite_{op}"] / figures[f"sqlite_baseline_{op}"]
         assert figures[f"sqlite_ratio_{op}"] == pytest.approx(ratio, rel=0.05, abs=0.02)
     assert "postgres_seed_tick_s" not in figures
+
+
+def test_gpu_trainer_runs_its_tiny_config_without_cuda():
+    """Without CUDA the benchmark runs a tiny Llama through the real trial loop: bf16/fp32 and NF4 bases, with
+    and without checkpointing, each with its estimate and measured peak, and the ratios against baselines."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA the benchmark runs the 1B and 8B shapes: minutes, not a test")
+    figures = _run("gpu_trainer", "--steps", "2", "--seq", "64")
+    assert figures["failed"] == [] and figures["device"] == "cpu"
+    for q in ("none", "nf4"):
+        for c in ("ckpt", "nockpt"):
+            assert figures[f"tiny_{q}_{c}_tokens_per_s"] > 0
+            assert figures[f"tiny_{q}_{c}_peak_mb"] > 0 and figures[f"tiny_{q}_{c}_estimate_mb"] > 0
+        assert figures[f"tiny_{q}_ckpt_memory_ratio"] > 0 and figures[f"tiny_{q}_ckpt_speed_ratio"] > 0
+    assert figures["tiny_nf4_vs_unquantized_memory_ratio_ckpt"] > 0

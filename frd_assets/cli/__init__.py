@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     from frd_assets.core.generation.self_instruct import GenerationConfig
     from frd_assets.core.lora.export import CHECK_MAX_NEW_TOKENS, CHECK_PROMPTS
     from frd_assets.core.lora.search import SearchSettings
-    from frd_assets.core.lora.trial import TrainingConfig
+    from frd_assets.core.lora.trial import PRECISIONS, QUANTIZATIONS, TrainingConfig
     from frd_assets.core.retirement import RESTORE_FLAG
     from frd_assets.core.settings import DEMO_INSTRUCTIONS, DEMO_N_TRIALS, demo_n_trials, service_settings
 
@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--epochs", type=integer, default=training.epochs)
     tune.add_argument("--batch-size", type=integer, default=training.batch_size)
     tune.add_argument("--max-length", type=integer, default=training.max_length)
+    tune.add_argument("--micro-batch-size", type=integer,
+                      help="examples per forward pass; passes accumulate to --batch-size (default: all at once)")
+    tune.add_argument("--precision", default=training.precision, choices=PRECISIONS,
+                      help="base weights' dtype (default auto: bf16 on a GPU that has it, else fp32)")
+    tune.add_argument("--quantization", default=training.quantization, choices=QUANTIZATIONS,
+                      help="nf4: QLoRA's 4-bit base (default none)")
+    tune.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                      help="recompute activations in the backward pass (default: on for a GPU, off on a CPU)")
     tune.add_argument("--pruner", default=SearchSettings().pruner, choices=typing.get_args(
         typing.get_type_hints(SearchSettings)["pruner"]))
     tune.add_argument("--workers", type=integer,

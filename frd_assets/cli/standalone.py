@@ -220,7 +220,9 @@ def cmd_tune(args) -> int:
         content = data.read_bytes()
         rows = loads_jsonl(content, str(data))
         records = [Record.from_dict({"id": f"line-{i}", **row}) for i, row in enumerate(rows, start=1)]
-        training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
+        training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
+                                  micro_batch_size=args.micro_batch_size, precision=args.precision,
+                                  quantization=args.quantization, gradient_checkpointing=args.gradient_checkpointing)
         n_workers = defaults.n_workers if args.workers is None else args.workers
         settings = SearchSettings(pruner=args.pruner, n_workers=n_workers)
         space = SearchSpace()  # no flags for it: the default space, named in the study's hash all the same

@@ -101,9 +101,13 @@ class Number:
 class Boolean:
     """true or false; not 0, 1 or "true", which a launchpad or JSON typo carries as easily."""
 
+    optional: bool = False  # None is allowed too: the field is unset (its default is decided later)
+
     def check(self, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
         if not isinstance(value, bool):
-            raise _Refused("true or false")
+            raise _Refused("true or false" + (" or null" if self.optional else ""))
         return value
 
 

@@ -217,18 +217,22 @@ def load_tokenizer(name_or_path: str | None):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str | None, *, dtype=None, device: str | None = None):
-    """Loads a causal LM from safetensors only, without remote code."""
+def load_causal_lm(name_or_path: str | None, *, dtype=None, device: str | None = None, quantization_config=None):
+    """Loads a causal LM from safetensors only, without remote code; quantized (a BitsAndBytesConfig) onto
+    `device` as it loads, since a 4-bit model cannot be moved afterwards."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    placement = {"device_map": {"": device or "cpu"}} if quantization_config is not None else {}
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model(name_or_path),
         dtype=dtype or torch.float32,
         use_safetensors=True,
         trust_remote_code=False,
+        quantization_config=quantization_config,
+        **placement,
     )
-    if device:
+    if device and quantization_config is None:
         model.to(device)
     return model
 

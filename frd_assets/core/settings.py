@@ -50,6 +50,9 @@ LORA_MODEL_NAME, LORA_N_TRIALS, LORA_N_WORKERS = "LORA_MODEL_NAME", "LORA_N_TRIA
 OPTUNA_STORAGE = "OPTUNA_STORAGE"  # an SQLAlchemy URL; it may hold a database password
 FRD_TRIALS_DIR = "FRD_TRIALS_DIR"
 FRD_K8S_TRIAL_WORKERS = "FRD_K8S_TRIAL_WORKERS"  # JSON of core/lora/kubernetes.py's KubernetesWorkers
+# GiB one trial may use, overriding what the memory pre-flight measures (core/lora/memory.py): a GPU
+# shared with other work, or trial pods whose memory limit the search process cannot see.
+FRD_TRIAL_MEMORY_GIB = "FRD_TRIAL_MEMORY_GIB"
 # The torch thread budget of a run or a trial worker (core/threads.py decides the default when unset).
 FRD_TORCH_THREADS = "FRD_TORCH_THREADS"
 
@@ -226,6 +229,12 @@ def torch_threads(env: _Env | None = None) -> int | None:
     """$FRD_TORCH_THREADS, or None when unset: core/threads.py then derives the budget from the cores."""
     env = _env(env)
     return env_int(env, FRD_TORCH_THREADS, default=1) if _text(env, FRD_TORCH_THREADS) else None
+
+
+def trial_memory_gib(env: _Env | None = None) -> float | None:
+    """$FRD_TRIAL_MEMORY_GIB, or None when unset: the pre-flight then reads the device's free memory."""
+    env = _env(env)
+    return _float(env, FRD_TRIAL_MEMORY_GIB, 0.0) if _text(env, FRD_TRIAL_MEMORY_GIB) else None
 
 
 def default_trials_dir(env: _Env | None = None) -> Path:

@@ -139,6 +139,15 @@ class LoraRunConfig(Config):
     weight_decay: float = _TRAINING.weight_decay
     # Evaluations without a new best validation loss before a trial stops early; 0: never.
     early_stopping_patience: int = _TRAINING.early_stopping_patience
+    # Examples per forward pass (batch_size is per optimizer step); null: batch_size, no accumulation.
+    micro_batch_size: Optional[int] = _TRAINING.micro_batch_size
+    # "auto" (bf16 on a GPU that has it, else fp32), "bf16" or "fp32": the base weights' dtype.
+    precision: str = _TRAINING.precision
+    # null: on for a GPU, off on a CPU.
+    gradient_checkpointing: Optional[bool] = _TRAINING.gradient_checkpointing
+    quantization: str = _TRAINING.quantization  # "none" or "nf4" (QLoRA)
+    lr_scheduler: str = _TRAINING.lr_scheduler  # "cosine" or "constant", after the warmup
+    warmup_ratio: float = _TRAINING.warmup_ratio
     # The user's seed tasks (not held out) join the training data, each seed_task_weight times.
     include_seed_tasks: bool = _REAL_TASKS.include_seed_tasks
     seed_task_weight: int = _REAL_TASKS.seed_task_weight
@@ -176,6 +185,12 @@ class LoraRunConfig(Config):
             target_modules=self.target_modules,
             weight_decay=self.weight_decay,
             early_stopping_patience=self.early_stopping_patience,
+            micro_batch_size=self.micro_batch_size,
+            precision=self.precision,
+            gradient_checkpointing=self.gradient_checkpointing,
+            quantization=self.quantization,
+            lr_scheduler=self.lr_scheduler,
+            warmup_ratio=self.warmup_ratio,
             seed=self.seed,
         )
 

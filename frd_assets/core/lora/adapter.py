@@ -47,8 +47,9 @@ def check_adapter_dir(adapter_dir: str | Path) -> dict:
     return config
 
 
-def load_adapter(base_model: str | None, adapter_dir: str | Path, *, device: str | None = None):
-    """The base model (float32, safetensors) with the adapter on top, as a peft PeftModel in eval mode."""
+def load_adapter(base_model: str | None, adapter_dir: str | Path, *, device: str | None = None, dtype=None):
+    """The base model (float32 unless dtype says otherwise, safetensors) with the adapter on top, as a peft
+    PeftModel in eval mode."""
     import warnings
 
     from peft import PeftModel
@@ -56,7 +57,7 @@ def load_adapter(base_model: str | None, adapter_dir: str | Path, *, device: str
     check_adapter_dir(adapter_dir)  # before the base model: a bad folder is refused in milliseconds
     # peft calls a transformers property that transformers 5 renamed; the warning is theirs, not ours.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    model = load_causal_lm(base_model, device=device)
+    model = load_causal_lm(base_model, device=device, dtype=dtype)
     try:
         # Only adapter_model.safetensors: check_adapter_dir refused a folder without it, so no pickle is read.
         adapted = PeftModel.from_pretrained(model, str(adapter_dir))

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from frd_assets.core.lora.serving import serving_section
+
 if TYPE_CHECKING:  # search.py imports this module: the type only, to keep the import one-way
     from frd_assets.core.lora.search import SearchResult
 
@@ -73,4 +75,7 @@ def model_card(result: SearchResult, built: date | None = None) -> str:
         USAGE,
         "",
     ]
+    rank = result.best_params.get("rank")
+    if isinstance(rank, int):
+        body.append(serving_section(base_model=result.base_model, name=result.study_name, rank=rank))
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body)))

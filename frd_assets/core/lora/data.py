@@ -119,9 +119,20 @@ def padded_share(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> flo
     return 1 - sum(lengths[i] for g in groups for i in g) / total if total else 0.0
 
 
+def example_batches(examples: Sequence[Example], batch_size: int, *, shuffle_seed: int | None = None):
+    """The examples of each batch, as length_grouped_batches groups them, before padding."""
+    lengths = [len(e.input_ids) for e in examples]
+    for group in length_grouped_batches(lengths, batch_size, seed=shuffle_seed):
+        yield [examples[i] for i in group]
+
+
 def batches(examples: Sequence[Example], batch_size: int, pad_id: int, *, shuffle_seed: int | None = None):
     """Right-padded batches of similar-length examples: seeded random groups for training (shuffle_seed),
     sorted for evaluation (None). Every example appears exactly once."""
-    lengths = [len(e.input_ids) for e in examples]
-    for group in length_grouped_batches(lengths, batch_size, seed=shuffle_seed):
-        yield collate([examples[i] for i in group], pad_id)
+    for group in example_batches(examples, batch_size, shuffle_seed=shuffle_seed):
+        yield collate(group, pad_id)
+
+
+def loss_tokens(example: Example) -> int:
+    """The positions an example adds to a causal LM's loss: labels after the first that are not ignored."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])

@@ -16,8 +16,11 @@ other than the adapter's), so the export proves itself, in two named phases:
    no folder that looks exported exists unless it passed the check.
 
 The prompts are the bundled sample seed's instructions in the very text the adapter was trained on
-(`chat_format.prompt_text`). Weights stay float32, as the one model loader loads them; reading and writing
-are safetensors only, without remote code. This module never imports Dagster.
+(`chat_format.prompt_text`). The merge is into the full-precision base, never a quantized one: an adapter
+trained on a 4-bit NF4 base (QLoRA) merges into the bf16 base on a GPU that has bf16, else the fp32 one,
+and the greedy check compares the merged model with the adapter on that same base; a base model stored
+quantized is refused, since folding LoRA into 4-bit weights rounds it away. Reading and writing are
+safetensors only, without remote code. This module never imports Dagster.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Callable, Sequence
 
 from frd_assets.core.chat_format import prompt_text
 from frd_assets.core.config_checks import MAX_NEW_TOKENS, Integer, check_value
-from frd_assets.core.lora.adapter import base_model_for_adapter, check_adapter_dir, load_adapter
+from frd_assets.core.lora.adapter import AdapterError, base_model_for_adapter, check_adapter_dir, load_adapter
 from frd_assets.core.output_dirs import check_output_dir, publish_output_dir, staging_dir
 from frd_assets.core.records import parse_seed
 from frd_assets.core.seeds import SAMPLE_SEED, sample_seed_bytes
@@ -162,9 +165,10 @@ def merge_to_staging(
     max_new_tokens: int,
     batch_size: int,
     device: str,
+    dtype=None,
 ) -> list[list[int]]:
     """Phase 1: the unmerged adapter's greedy outputs (the reference), then the merged model saved to staging."""
-    model = load_adapter(base_model, adapter_dir, device=device)
+    model = load_adapter(base_model, adapter_dir, device=device, dtype=dtype)
     reference = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     merged = model.merge_and_unload()  # folds the LoRA weights into the base weights, in place
     merged.save_pretrained(str(staging), safe_serialization=True)
@@ -181,6 +185,7 @@ def publish_if_identical(
     max_new_tokens: int,
     batch_size: int,
     device: str,
+    dtype=None,
 ) -> MergeCheck:
     """Phase 2: reload staging from disk, compare with the reference, then rename it to out_dir or delete it.
 
@@ -190,7 +195,7 @@ def publish_if_identical(
 
     try:
         # Reloaded, not the model still in memory: what a user gets is what was written, tokenizer included.
-        model = load_causal_lm(str(staging), device=device)
+        model = load_causal_lm(str(staging), device=device, dtype=dtype)
         check = check_merged(reference, model, load_tokenizer(str(staging)), prompts,
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
         del model
@@ -205,6 +210,29 @@ def publish_if_identical(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def merge_dtype(device: str):
+    """bf16 on a GPU that has it (what the model is served in), else fp32."""
+    import torch
+
+    from frd_assets.core.lora.precision import cuda_has_bf16
+
+    return torch.bfloat16 if cuda_has_bf16(device.split(":")[0]) else torch.float32
+
+
+def check_unquantized_base(folder: str, name: str) -> None:
+    """Refuses a base model stored quantized (its config.json has a quantization_config): the LoRA update
+    would be rounded into 4- or 8-bit weights, and the merged model would not be the adapter's."""
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method:
+        raise AdapterError(
+            f"base model {name!r} is stored quantized ({method}); a merge needs its full-precision weights: give "
+            "the unquantized model with --base-model (an adapter trained on an NF4 base merges into it)"
+        )
 
 
 def export_merged(
@@ -231,20 +259,22 @@ def export_merged(
     check_adapter_dir(adapter_dir)
     check_value("merged export", "max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
     base_model = base_model or base_model_for_adapter(adapter_dir, print_fn=print_fn)
-    resolve_model(base_model)  # ModelNotFound in seconds, before anything is loaded
+    check_unquantized_base(resolve_model(base_model), base_model)  # ModelNotFound in seconds, before any load
     tokenizer = load_tokenizer(base_model)
     prompts = check_prompts(tokenizer, n_prompts)
     device = device or pick_device()
+    dtype = merge_dtype(device)
     staging = staging_dir(out_dir)
     print_fn(f"merging {adapter_dir} into {base_model}; checking greedy outputs on {len(prompts)} prompts")
     try:
         reference = merge_to_staging(adapter_dir, base_model, staging, prompts, tokenizer=tokenizer,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size, device=device)
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
+                                     dtype=dtype)
     except BaseException:
         if staging.exists():
             shutil.rmtree(staging)
         raise
     gc.collect()  # the unmerged model is gone before the merged one is loaded: one model's memory at a time
     check = publish_if_identical(staging, out_dir, reference, prompts, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, device=device)
+                                 batch_size=batch_size, device=device, dtype=dtype)
     return ExportResult(out_dir=out_dir, base_model=base_model, check=check)

@@ -168,6 +168,9 @@ def _search(
     validation = ([tokenize_record(tokenizer, r, max_length=training.max_length) for r in validation_records]
                   if objective == REAL_TASKS else [])
     pad_id = tokenizer.pad_token_id
+    training = _memory_preflight(base_model, training, space, settings, train + evals + validation,
+                                 local=workers is None, print_fn=print_fn)
+    eval_batch = min(training.micro_batch_size or training.batch_size, training.batch_size)  # what fits
 
     # No sampler or pruner here: they are not stored with the study, and only the trial workers ask it for
     # trials (worker.py loads it with both).
@@ -178,12 +181,13 @@ def _search(
         load_if_exists=True,
     )
     study.set_user_attr("base_model", base_model)
-    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=training.batch_size, pad_id=pad_id)
+    base_eval_loss = _base_eval_loss(study, base_model, evals, batch_size=eval_batch, pad_id=pad_id,
+                                     training=training)
     print_fn(f"base model eval loss {base_eval_loss:.4f} on {len(evals)} held-out records")
     base_validation_loss = None
     if validation:  # the base model is a candidate: measured once, kept in the study like the eval loss
-        base_validation_loss = _base_eval_loss(study, base_model, validation, batch_size=training.batch_size,
-                                               pad_id=pad_id, attr="base_validation_loss")
+        base_validation_loss = _base_eval_loss(study, base_model, validation, batch_size=eval_batch,
+                                               pad_id=pad_id, attr="base_validation_loss", training=training)
         print_fn(f"base model validation loss {base_validation_loss:.4f} on {len(validation)} validation records")
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -238,22 +242,56 @@ def _search(
     return result
 
 
+def _memory_preflight(base_model: str, training: TrainingConfig, space: SearchSpace, settings: SearchSettings,
+                      examples: Sequence[Example], *, local: bool, print_fn: Callable[[str], None]) -> TrainingConfig:
+    """The training config whose trials fit in memory at the search space's largest rank (core/lora/memory.py):
+    as given, or with a smaller micro-batch; MemoryPlanError (one line) when nothing does. The limit is
+    FRD_TRIAL_MEMORY_GIB where set, else this machine's: a GPU's free memory, or the RAM available shared
+    by the CPU workers. Trials elsewhere (Kubernetes pods) without a stated limit: the estimate is printed."""
+    from frd_assets.core.lora.memory import GIB, available_memory, estimate_for_config, model_shape_of, plan_memory
+    from frd_assets.core.models import pick_device
+    from frd_assets.core.settings import trial_memory_gib
+
+    device = pick_device()
+    shape = model_shape_of(base_model)
+    seq_len = min(training.max_length, max((len(e.input_ids) for e in examples), default=training.max_length))
+    stated = trial_memory_gib()
+    if stated is None and not local:
+        estimate = estimate_for_config(shape, training, rank=space.rank_max, device_type=device, seq_len=seq_len)
+        print_fn(f"memory pre-flight: estimated peak of a trial {estimate.describe()}; set FRD_TRIAL_MEMORY_GIB "
+                 "to the trial workers' memory to have it checked")
+        return training
+    if stated is not None:
+        available = int(stated * GIB)
+    else:
+        available = available_memory(device) // (settings.n_workers if device == "cpu" else 1)
+    plan = plan_memory(shape, training, rank=space.rank_max, device=device, available=available, seq_len=seq_len,
+                       print_fn=lambda _: None)
+    print_fn(plan.note)
+    return plan.config
+
+
 def _base_eval_loss(study, base_model: str, evals: Sequence[Example], *, batch_size: int, pad_id: int,
-                    attr: str = "base_eval_loss") -> float:
+                    attr: str = "base_eval_loss", training: TrainingConfig | None = None) -> float:
     """The base model's eval loss, kept in the study: a resumed search need not load the model here at all,
-    and the trial workers never share a device with a model this process still holds."""
+    and the trial workers never share a device with a model this process still holds. Loaded as the trials
+    load it (precision, quantization): the adapters are measured on that base, and an 8B model in fp32
+    would not fit the GPU its bf16 trials fit."""
     import gc
 
     import torch
 
-    from frd_assets.core.models import load_causal_lm, pick_device
+    from frd_assets.core.lora.precision import load_training_model
+    from frd_assets.core.models import pick_device
 
     # Keyed by model and eval tokens: a study continued on other data or another split measures again.
     key = hashlib.sha256(json.dumps([base_model, [e.input_ids for e in evals]]).encode()).hexdigest()[:16]
     attrs, key_attr = study.user_attrs, attr.replace("_loss", "_key")  # base_eval_key as studies stored it
     if attrs.get(key_attr) == key and attrs.get(attr) is not None:
         return float(attrs[attr])
-    model = load_causal_lm(base_model, device=pick_device())
+    training = training or TrainingConfig()
+    model = load_training_model(base_model, precision=training.precision, quantization=training.quantization,
+                                device=pick_device())
     loss = evaluate_loss(model, evals, batch_size=batch_size, pad_id=pad_id)
     del model
     gc.collect()
@@ -291,6 +329,13 @@ def trial_table(study) -> list[dict]:
                 # LoRA on.
                 "target_modules": t.user_attrs.get("target_modules"),
                 "adapted_modules": t.user_attrs.get("adapted_modules"),
+                # How it trained, and the memory pre-flight's estimate of its peak against the peak measured
+                # (MiB: the GPU's max_memory_allocated, or the trial process's peak RSS on a CPU).
+                "weights": t.user_attrs.get("weights"),
+                "gradient_checkpointing": t.user_attrs.get("gradient_checkpointing"),
+                "micro_batch_size": t.user_attrs.get("micro_batch_size"),
+                "memory_estimate_mb": t.user_attrs.get("memory_estimate_mb"),
+                "peak_memory_mb": t.user_attrs.get("peak_memory_mb"),
             }
         )
     return rows

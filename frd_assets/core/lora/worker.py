@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from frd_assets.core.lora.job import SearchJob
+from frd_assets.core.lora.memory import peak_rss_bytes
 from frd_assets.core.lora.study_storage import STORAGE_ENV
 from frd_assets.core.lora.trial import Pruned, run_trial
 from frd_assets.core.settings import optuna_storage
@@ -44,18 +45,8 @@ def machine_id() -> str:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB. VmHWM where there is /proc, not ru_maxrss: Linux carries
-    the parent's peak into a child's ru_maxrss across fork and exec, so each worker would report at least
-    the peak of the search that started it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory in MiB (since the trial began: see memory.PeakMemory)."""
+    return peak_rss_bytes() / 2**20
 
 
 def trial_states(study) -> tuple[int, list, int]:
@@ -129,7 +120,8 @@ def run_one_trial(job: SearchJob, storage_url: str, *, sampler_seed: int, print_
     import optuna
     from transformers.utils import logging as hf_logging
 
-    from frd_assets.core.models import load_causal_lm, pick_device
+    from frd_assets.core.lora.precision import load_training_model
+    from frd_assets.core.models import pick_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and constant_liar are marked experimental but are the documented way to run workers.
@@ -148,7 +140,8 @@ def run_one_trial(job: SearchJob, storage_url: str, *, sampler_seed: int, print_
     if finished + in_flight >= job.n_trials:
         print_fn(f"study {job.study_name} needs no more trials ({finished} finished, {in_flight} running)")
         return
-    model = load_causal_lm(job.base_model, device=pick_device())
+    model = load_training_model(job.base_model, precision=job.training.precision,
+                                quantization=job.training.quantization, device=pick_device())
     identity = {"machine": machine_id(), "pid": os.getpid()}
     objective = functools.partial(trial_objective, job=job, model=model, identity=identity, print_fn=print_fn)
     # optimize, not ask/tell: it runs the heartbeat thread and first fails other workers' stale trials.
