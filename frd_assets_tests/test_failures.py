@@ -81,13 +81,13 @@ def test_a_store_write_on_a_full_disk_is_one_line_naming_the_key_and_the_free_sp
     assert not [p for p in (full_disk / "datasets").iterdir() if p.name.startswith(".tmp-")]  # no partial file left
 
 
-def test_a_full_disk_fails_the_step_once_without_retries(full_disk, dagster_instance, sample_seed_bytes,
+def test_a_full_disk_fails_the_step_once_without_retries(full_disk, dagster_instance, first_sample_tasks_bytes,
                                                            tiny_model_dir):
     """generated_dataset, whose retry policy would redo the teacher's rounds, on a store whose disk fills
     after seed_dataset was written: its first checkpoint write fails the step at once, in one line."""
     dataset_id = str(uuid.uuid4())
     env = {"FRD_LOCAL_STORE": str(full_disk), "TEACHER_MODEL": str(tiny_model_dir)}
-    LocalStore(full_disk).put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", sample_seed_bytes)
+    LocalStore(full_disk).put_bytes(SEEDS_BUCKET, f"{dataset_id}.jsonl", first_sample_tasks_bytes)
     dagster_instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
     assert materialize(ASSETS[:1], partition_key=dataset_id, instance=dagster_instance,
                        resources=build_resources(env)).success

@@ -155,11 +155,11 @@ def test_embedding_dedup_scores_paraphrases_high_and_unrelated_low():
     assert index.max_cosine("Convert this sentence to French.") > 0.75
 
 
-def test_embedding_dedup_rejects_by_its_own_reason(tiny_teacher, sample_seed_bytes):
-    seeds = parse_seed(sample_seed_bytes, "sample_seed.jsonl")
+def test_embedding_dedup_rejects_by_its_own_reason(tiny_teacher, first_sample_tasks_bytes):
+    seeds = parse_seed(first_sample_tasks_bytes, "sample_seed.jsonl")
     config = GenerationConfig(num_instructions=6, prompts_per_round=4, max_rounds=4, temperature=1.0,
                               max_new_tokens_instructions=96, max_new_tokens_instance=48,
                               embedding_dedup_threshold=0.5)
     result = generate(seeds, tiny_teacher, config, log=lambda _: None)
     # The tiny teacher's instructions share one template, so semantic near-duplicates are certain.
-    assert result.rejected["similar_embedding"] > 0
+    assert result.rejected["similar_embedding"] > 0, (result.rejected, [r.instruction for r in result.records])

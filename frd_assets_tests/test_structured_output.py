@@ -66,12 +66,13 @@ def test_instance_format_is_checked_by_name():
         GenerationConfig(instance_format="xml")
 
 
-def _train_json_replies(model_dir, out_dir, steps=300, seed=0):
+def _train_json_replies(model_dir, out_dir, steps=500, seed=0):
     """The tiny chat model taught, for a few seconds, to answer JSON instance prompts in compact JSON
     while still answering text prompts in the text format.
 
-    300 steps, not 150: after 150, seeds 0 and 3 of 4 left the classification reply babbling inside its
-    string past 96 tokens (a fresh clone's CI run failed on it); after 300 all four closed their objects.
+    500 steps: after 150, seeds 0 and 3 of 4 left the classification reply babbling inside its string past
+    96 tokens (a fresh clone's CI run failed on it), and after 300 a fresh install of 2026-12-07 left the
+    river description babbling; after 500 every reply closes its object.
     Instruction lists stay in the mix, or 300 steps of instances alone unteach the model to propose tasks.
 
     The session's tiny model never saw a quote or a brace, so under the constraint it never closes a
