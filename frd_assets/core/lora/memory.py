@@ -202,7 +202,7 @@ def estimate_for_config(shape: ModelShape, config, *, rank: int, device_type: st
     """The estimate for a training config on a device, before any model is loaded."""
     precision = resolve_precision(config.precision, device_type)
     weights = "nf4" if config.quantization == "nf4" else precision
-    micro = micro_batch_size or min(config.micro_batch_size or config.batch_size, config.batch_size)
+    micro = micro_batch_size or config.forward_batch_size
     return estimate_peak(
         shape, weights=weights, compute_bf16=precision == "bf16", rank=rank, target_modules=config.target_modules,
         seq_len=seq_len or config.max_length, micro_batch_size=micro,

@@ -170,7 +170,7 @@ def _search(
     pad_id = tokenizer.pad_token_id
     training = _memory_preflight(base_model, training, space, settings, train + evals + validation,
                                  local=workers is None, print_fn=print_fn)
-    eval_batch = min(training.micro_batch_size or training.batch_size, training.batch_size)  # what fits
+    eval_batch = training.forward_batch_size  # what the pre-flight found to fit
 
     # No sampler or pruner here: they are not stored with the study, and only the trial workers ask it for
     # trials (worker.py loads it with both).

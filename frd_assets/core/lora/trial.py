@@ -107,6 +107,11 @@ class TrainingConfig:
     warmup_ratio: float = 0.05
     seed: int = 0
 
+    @property
+    def forward_batch_size(self) -> int:
+        """Examples per forward pass: micro_batch_size where set (never above batch_size), else batch_size."""
+        return min(self.micro_batch_size or self.batch_size, self.batch_size)
+
     def __post_init__(self) -> None:
         check_fields(self, "training config", _TRAINING_RULES)
 
@@ -284,7 +289,7 @@ def run_trial(
     device = next(base_model.parameters()).device
     checkpointing = uses_checkpointing(config.gradient_checkpointing, device.type)
     quantized = is_quantized(base_model)
-    micro_batch = min(config.micro_batch_size or config.batch_size, config.batch_size)
+    micro_batch = config.forward_batch_size
     estimate = estimate_for_model(base_model, config, rank=hp.rank, micro_batch_size=micro_batch,
                                   checkpointing=checkpointing, seq_len=max(len(e.input_ids) for e in train))
     peak = PeakMemory(device)  # from here: what the trial adds to a process that holds the model already
