@@ -49,6 +49,24 @@ def test_a_get_returns_the_etag_of_what_it_read(store, bucket):
     assert store.get_object(bucket, "u/seed.jsonl")[1].etag != info.etag
 
 
+def test_stat_matches_the_listing_and_start_after_skips_what_sorts_before(store, bucket):
+    """The seed sensor compares a lookup's time and ETag with a listing's (defs/sensors.py): they must agree."""
+    for key in ("j/h1/001-a", "j/h1/002-b", "j/h1/003-c", "j/h2/001-d", "top.jsonl"):
+        store.put_bytes(bucket, key, key.encode())
+    listed = {i.key: i for i in store.list(bucket)}
+    assert {k: store.stat(bucket, k) for k in listed} == listed
+    assert store.stat_many(bucket, ["top.jsonl", "j/h1/002-b", "absent"]) == {
+        "top.jsonl": listed["top.jsonl"], "j/h1/002-b": listed["j/h1/002-b"]}
+    with pytest.raises(ObjectNotFound, match="absent"):
+        store.stat(bucket, "absent")
+    with pytest.raises(ObjectNotFound):
+        store.stat(bucket, "j/h1")  # a folder of the local store is no object
+    assert [i.key for i in store.list(bucket, "j/h1/", start_after="j/h1/001")] == [
+        "j/h1/001-a", "j/h1/002-b", "j/h1/003-c"]
+    assert [i.key for i in store.list(bucket, "j/h1/", start_after="j/h1/001-a")] == ["j/h1/002-b", "j/h1/003-c"]
+    assert [i.key for i in store.list(bucket, "j/h2/")] == ["j/h2/001-d"]
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/./b", "a/../b", "a/", "a\nb"])
 def test_keys_with_two_spellings_are_refused_on_both_backends(store, bucket, key):
     """pathlib collapses 'a//b' and S3 servers strip a leading '/': such keys could name another object."""

@@ -55,8 +55,8 @@ class GatedStore(Store):
     def delete(self, bucket, key):
         self.inner.delete(bucket, key)
 
-    def list(self, bucket, prefix=""):
-        return self.inner.list(bucket, prefix)
+    def list(self, bucket, prefix="", start_after=""):
+        return self.inner.list(bucket, prefix, start_after)
 
     def uri(self, bucket, key=""):
         return self.inner.uri(bucket, key)

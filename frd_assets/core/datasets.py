@@ -10,6 +10,7 @@ from ``A/`` or ``/A`` would otherwise land on A's objects.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -80,6 +81,48 @@ def retired_dataset_id(key: str) -> str | None:
     if key.endswith(RETIRED_SUFFIX) and is_dataset_id(key[: -len(RETIRED_SUFFIX)]):
         return key[: -len(RETIRED_SUFFIX)]
     return None
+
+
+# The upload journal: every seed upload the project makes (core/seeds.write_seed) also writes one empty object
+# '_uploads/<YYYY-MM-DDTHH>/<20-digit ns>-<8 hex>-<seed key>' to the seeds bucket. The store has no
+# notifications and S3 lists only in key order, so without it the seed sensor would list the whole bucket every
+# tick; with it a tick lists one or two hour folders and looks up the seeds they name (defs/sensors.py). The
+# name carries all of it (no read per entry); the hour folder keeps one listing small and lets an operator
+# expire old entries by prefix. An upload made with another S3 tool writes no entry: the sensor's periodic full
+# listing (FRD_SEED_SWEEP_SECONDS) finds those. The time is the uploader's clock: a late or skewed one only
+# delays an upload to that sweep, never loses it.
+JOURNAL_PREFIX = "_uploads/"
+_JOURNAL_NAME = re.compile(r"(\d{20})-[0-9a-f]{8}-(.+)")
+
+
+def journal_folder(time_ns: int) -> str:
+    """'_uploads/<YYYY-MM-DDTHH>/': the hour folder (UTC) of the journal entries written at time_ns."""
+    hour = datetime.datetime.fromtimestamp(time_ns // 10**9, datetime.timezone.utc).strftime("%Y-%m-%dT%H")
+    return f"{JOURNAL_PREFIX}{hour}/"
+
+
+def journal_key(seed_key: str, time_ns: int, token: str) -> str:
+    """The one builder of a journal entry's key, for the seed object seed_key written at time_ns; token
+    (8 hex digits, random) keeps two entries of one nanosecond apart."""
+    if seed_dataset_id(seed_key) is None:
+        raise ValueError(f"journal entry for {seed_key!r}: not a seed key '<id>.jsonl' or '<id>.json'")
+    if not re.fullmatch(r"[0-9a-f]{8}", token) or not 0 <= time_ns < 10**20:
+        raise ValueError(f"journal entry for {seed_key!r}: token {token!r} or time {time_ns} out of range")
+    return f"{journal_folder(time_ns)}{time_ns:020d}-{token}-{seed_key}"
+
+
+def journal_entry(key: str) -> tuple[int, str] | None:
+    """A journal entry's key -> (time in ns, seed key); any other key -> None."""
+    if not key.startswith(JOURNAL_PREFIX):
+        return None
+    folder, _, name = key[len(JOURNAL_PREFIX):].partition("/")
+    match = _JOURNAL_NAME.fullmatch(name)
+    if match is None or seed_dataset_id(match.group(2)) is None:
+        return None
+    time_ns = int(match.group(1))
+    if journal_folder(time_ns) != f"{JOURNAL_PREFIX}{folder}/":
+        return None
+    return time_ns, match.group(2)
 
 
 # Where each asset's versions live (see core/versions.py): the one mapping from asset and dataset to store.

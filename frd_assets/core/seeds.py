@@ -7,10 +7,12 @@ one is the seed.
 
 from __future__ import annotations
 
+import secrets
+import time
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from frd_assets.core.datasets import EVAL_SUFFIX, SEED_SUFFIXES, check_dataset_id, dataset_key
+from frd_assets.core.datasets import EVAL_SUFFIX, SEED_SUFFIXES, check_dataset_id, dataset_key, journal_key
 from frd_assets.core.records import check_seed_size
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, ObjectNotFound, Store
 
@@ -31,12 +33,16 @@ def seed_keys(dataset_id: str) -> list[str]:
 
 
 def write_seed(store: Store, dataset_id: str, data: bytes, suffix: str = ".jsonl") -> str:
-    """Writes the seed object, then deletes the one with the other suffix; returns the key written."""
+    """Writes the seed object, then deletes the one with the other suffix, then journals the upload (core/
+    datasets.py: the seed sensor reads the journal instead of listing the bucket); returns the key written.
+
+    The journal entry comes last, so an entry the sensor lists always names a seed that is already there."""
     key = dataset_key(dataset_id, suffix=suffix)
     store.put_bytes(SEEDS_BUCKET, key, data)
     for other in seed_keys(dataset_id):
         if other != key:
             store.delete(SEEDS_BUCKET, other)
+    store.put_bytes(SEEDS_BUCKET, journal_key(key, time.time_ns(), secrets.token_hex(4)), key.encode())
     return key
 
 

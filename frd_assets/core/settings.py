@@ -246,6 +246,10 @@ class ServiceSettings:
     """The long-running side: sensor cadence, the webserver the CLI talks to, the Celery broker."""
 
     sensor_interval: int = 30  # seconds between sensor evaluations
+    # The seed sensor's full listing of the seeds bucket ("sweep"): at most this many seconds apart. Between
+    # sweeps it reads only the upload journal (core/datasets.py), so an upload made with another S3 tool, which
+    # writes no journal entry, is picked up within this time. 0: every tick sweeps (the cost grows with the bucket).
+    seed_sweep_seconds: int = 600
     webserver_host: str = "127.0.0.1"
     webserver_port: int = 3000
     redis_url: str = "redis://localhost:6379/0"
@@ -256,6 +260,7 @@ def service_settings(env: _Env | None = None) -> ServiceSettings:
     host, port = _text(env, "REDIS_HOST") or "localhost", env_int(env, "REDIS_PORT", 6379)
     return ServiceSettings(
         sensor_interval=env_int(env, "FRD_SENSOR_INTERVAL_SECONDS", 30),
+        seed_sweep_seconds=env_int(env, "FRD_SEED_SWEEP_SECONDS", 600, low=0),
         webserver_host=_text(env, "DAGSTER_WEBSERVER_HOST") or "127.0.0.1",
         webserver_port=env_int(env, "DAGSTER_WEBSERVER_PORT", 3000),
         redis_url=f"redis://{host}:{port}/{env_int(env, 'REDIS_DB', 0, low=0)}",

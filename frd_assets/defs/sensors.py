@@ -23,6 +23,8 @@
 """
 
 import json
+import time
+from dataclasses import dataclass, field
 
 from dagster import (
     AssetKey,
@@ -40,9 +42,17 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from frd_assets.core.datasets import is_dataset_id, retired_dataset_id, seed_dataset_id
+from frd_assets.core.datasets import (
+    JOURNAL_PREFIX,
+    is_dataset_id,
+    journal_entry,
+    journal_folder,
+    retired_dataset_id,
+    seed_dataset_id,
+)
 from frd_assets.core.names import LORA_ADAPTER, PARTITION_TAG, SEED_DATASET, VALIDATED_DATASET
-from frd_assets.core.retirement import RESTORE_FLAG, utc_iso
+from frd_assets.core.retirement import RESTORE_FLAG, tombstone_key, utc_iso
+from frd_assets.core.seeds import seed_keys
 from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import unready_reason
@@ -102,12 +112,41 @@ def _in_flight(context: SensorEvaluationContext, uuids: list[str]) -> set[str]:
     return busy
 
 
-def _read_cursor(raw: str | None) -> tuple[float, dict[str, str], dict[str, str]]:
-    """(mark, key -> ETag of the objects at the mark, pending key -> ETag)."""
+# A journal entry is read if it lists within this long of its writer's clock reading: the gap between reading the
+# clock and the PUT landing, and the skew between an uploader's clock and the sensor's. Older entries that show
+# up late are the sweep's (FRD_SEED_SWEEP_SECONDS), like an upload made with another S3 tool.
+JOURNAL_LOOKBACK_NS = 120 * 10**9
+HOUR_NS = 3600 * 10**9
+
+
+@dataclass
+class SeedCursor:
+    """What the seed sensor keeps between ticks (as JSON)."""
+
+    mark: float = 0.0  # the newest last-modified time of the last sweep's listing
+    at_mark: dict[str, str] = field(default_factory=dict)  # key -> ETag of the objects at exactly that time
+    pending: dict[str, str] = field(default_factory=dict)  # key -> ETag of uploads waiting for a run in flight
+    swept_at: float = 0.0  # the sensor's clock at the last sweep; 0: never (no cursor, or one from before the journal)
+    since_ns: int = 0  # the journal is read from here (ns since the epoch)...
+    seen: set[str] = field(default_factory=set)  # ...but for these entries (names in their hour folder), read already
+    handled: dict[str, str] = field(default_factory=dict)  # key -> ETag journal ticks took since the last sweep
+
+    def dumps(self) -> str:
+        return json.dumps({"mark": self.mark, "at_mark": self.at_mark, "pending": self.pending,
+                           "swept_at": self.swept_at, "handled": self.handled,
+                           "journal": {"since_ns": self.since_ns, "seen": sorted(self.seen)}}, sort_keys=True)
+
+
+def _read_cursor(raw: str | None) -> SeedCursor:
+    """The cursor; one written before the journal (mark, at_mark and pending only) reads with swept_at 0, so its
+    next tick is a sweep from its mark: an upgraded deployment loses no upload and processes none twice."""
     if not raw:
-        return 0.0, {}, {}
+        return SeedCursor()
     cursor = json.loads(raw)
-    return float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor["pending"])
+    journal = cursor.get("journal") or {}
+    return SeedCursor(float(cursor["mark"]), dict(cursor["at_mark"]), dict(cursor["pending"]),
+                      float(cursor.get("swept_at", 0.0)), int(journal.get("since_ns", 0)),
+                      set(journal.get("seen", [])), dict(cursor.get("handled", {})))
 
 
 def _is_fresh(info: ObjectInfo, mark: float, at_mark: dict[str, str]) -> bool:
@@ -119,42 +158,111 @@ def _is_fresh(info: ObjectInfo, mark: float, at_mark: dict[str, str]) -> bool:
     return seen is None or (seen != "" and seen != info.etag)
 
 
+def _untaken(info: ObjectInfo, cursor: SeedCursor) -> bool:
+    """Neither the last sweep saw this version nor a journal tick since took it."""
+    return _is_fresh(info, cursor.mark, cursor.at_mark) and cursor.handled.get(info.key) != info.etag
+
+
+def _sweep(s, cursor: SeedCursor, now: float, now_ns: int) -> tuple[list[ObjectInfo], dict[str, float], int]:
+    """The full listing of the seeds bucket: every upload, journaled or not. Returns the fresh and held objects,
+    retired id -> tombstone time, and the count of other keys; moves the cursor's mark and journal past it all."""
+    listing = list(s.list(SEEDS_BUCKET))  # boto3 pages through any number of keys
+    objects = [i for i in listing if not i.key.startswith(JOURNAL_PREFIX)]
+    by_key = {i.key: i for i in objects}
+    fresh = [i for i in objects if _untaken(i, cursor)]
+    if objects:
+        cursor.mark = max(cursor.mark, max(i.last_modified for i in objects))
+        cursor.at_mark = {i.key: i.etag for i in objects if i.last_modified == cursor.mark}
+    # Retired ids, from their tombstones in the same listing (core/retirement.py): no extra request.
+    retired = {r: i.last_modified for i in objects if (r := retired_dataset_id(i.key)) is not None}
+    held = [by_key[k] for k in cursor.pending if k in by_key]
+    # Every seed the journal names so far is in this listing: the journal goes on from (nearly) now, and what
+    # journal ticks took is covered by the new mark.
+    cursor.swept_at, cursor.handled = now, {}
+    cursor.since_ns = now_ns - JOURNAL_LOOKBACK_NS
+    cursor.seen = {i.key.rsplit("/", 1)[1] for i in listing
+                   if (entry := journal_entry(i.key)) is not None and entry[0] >= cursor.since_ns}
+    others = sum(1 for i in fresh if seed_dataset_id(i.key) is None and retired_dataset_id(i.key) is None)
+    return fresh + held, retired, others
+
+
+def _journal_folders(since_ns: int, now_ns: int):
+    """The hour folders from since_ns's to the one after now's (an uploader's clock may run a little ahead)."""
+    hour = since_ns - since_ns % HOUR_NS
+    while hour <= now_ns + HOUR_NS:
+        yield hour, journal_folder(hour)
+        hour += HOUR_NS
+
+
+def _read_journal(s, cursor: SeedCursor, now_ns: int) -> tuple[list[ObjectInfo], dict[str, float], set[str]]:
+    """The uploads journaled since the cursor (core/datasets.py), looked up one by one: a listing of an hour
+    folder or two and three lookups per dataset, whatever the size of the bucket. Returns the current seeds of
+    the journaled datasets that no tick took yet, with those held for a run in flight; the journaled datasets'
+    retired ids -> tombstone time; and the ids whose state this tick decides (held ones stay in pending)."""
+    since = cursor.since_ns or now_ns - JOURNAL_LOOKBACK_NS
+    journaled: set[str] = set()
+    names: set[str] = set()
+    for hour, folder in _journal_folders(since, now_ns):
+        start_after = f"{folder}{since:020d}" if hour <= since else ""
+        for info in s.list(SEEDS_BUCKET, folder, start_after):
+            entry = journal_entry(info.key)
+            name = info.key[len(folder):]
+            if entry is None or entry[0] < since or name in cursor.seen:
+                continue
+            names.add(name)
+            journaled.add(seed_dataset_id(entry[1]))
+    held_ids = {u for k in cursor.pending if (u := seed_dataset_id(k)) is not None}
+    ids = sorted(journaled | held_ids)
+    keys = [k for u in ids for k in (*seed_keys(u), tombstone_key(u))]
+    found = s.stat_many(SEEDS_BUCKET, keys) if keys else {}
+
+    cursor.since_ns = max(since, now_ns - JOURNAL_LOOKBACK_NS)
+    cursor.seen = {n for n in cursor.seen | names if int(n[:20]) >= cursor.since_ns}
+    retired = {u: found[tombstone_key(u)].last_modified for u in ids if tombstone_key(u) in found}
+    uploads = []
+    for u in ids:
+        seeds = [found[k] for k in seed_keys(u) if k in found]
+        if not seeds:
+            continue  # deleted since it was journaled: nothing to run
+        current = max(seeds, key=lambda i: (i.last_modified, i.key))  # as core/seeds.current_seed chooses
+        if u in held_ids or _untaken(current, cursor):
+            uploads.append(current)
+    return uploads, retired, journaled
+
+
 @sensor(job=prepare_dataset_job, minimum_interval_seconds=SENSOR_INTERVAL, default_status=DefaultSensorStatus.RUNNING)
 def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
     """One prepare_dataset run per new or rewritten seed upload; other keys are skipped with a log line."""
-    mark, at_mark, pending = _read_cursor(context.cursor)
+    cursor = _read_cursor(context.cursor)
     s = store.get_store()
+    now, now_ns = time.time(), time.time_ns()
+    sweep = now - cursor.swept_at >= service_settings().seed_sweep_seconds
     try:
-        listing = list(s.list(SEEDS_BUCKET))  # boto3 pages through any number of keys
+        if sweep:
+            uploads, retired, skipped = _sweep(s, cursor, now, now_ns)
+            journaled: set[str] = set()
+        else:
+            uploads, retired, journaled = _read_journal(s, cursor, now_ns)
+            skipped = 0
     except StoreError as exc:
         return SensorResult(skip_reason=SkipReason(f"store unreachable, nothing read: {exc}"), cursor=context.cursor)
 
-    by_key = {i.key: i for i in listing}
-    fresh = [i for i in listing if _is_fresh(i, mark, at_mark)]
-    if listing:
-        newest = max(i.last_modified for i in listing)
-        if newest > mark:
-            mark = newest
-        at_mark = {i.key: i.etag for i in listing if i.last_modified == mark}
-
-    # Retired ids, from their tombstones in the same listing (core/retirement.py): no extra request.
-    retired = {r: i for i in listing if (r := retired_dataset_id(i.key)) is not None}
     # The newest upload per dataset among fresh ones and those held back while a run was in flight.
     candidates: dict[str, ObjectInfo] = {}
-    skipped = of_retired = 0
-    held = [by_key[k] for k in pending if k in by_key]
-    for info in fresh + held:
+    of_retired = 0
+    for info in uploads:
         uuid = seed_dataset_id(info.key)
-        if uuid is None and retired_dataset_id(info.key) is not None:
-            continue  # a tombstone, not an upload
         if uuid is None:
-            skipped += 1
-            context.log.info(f"skipping {info.key!r} in bucket {SEEDS_BUCKET}: not named <uuid>.jsonl or <uuid>.json")
+            if retired_dataset_id(info.key) is None:  # a tombstone is not an upload, nor worth a line
+                context.log.info(
+                    f"skipping {info.key!r} in bucket {SEEDS_BUCKET}: not named <uuid>.jsonl or <uuid>.json")
             continue
         if uuid in retired:
             of_retired += 1
+            if not sweep:
+                cursor.handled[info.key] = info.etag  # one line per upload, not one per sweep
             context.log.info(
-                f"skipping {info.key!r}: dataset {uuid} was retired at {utc_iso(retired[uuid].last_modified)}; "
+                f"skipping {info.key!r}: dataset {uuid} was retired at {utc_iso(retired[uuid])}; "
                 f"upload it with `frd seed upload FILE --uuid {uuid} {RESTORE_FLAG}` to bring it back on purpose"
             )
             continue
@@ -171,24 +279,30 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
     busy = _in_flight(context, known) if known else set()
     latest = _latest_seed_materializations(context, sorted(existing - busy)) if known else {}
     new: dict[str, ObjectInfo] = {}
-    pending = {}
+    cursor.pending = {}
     for uuid, info in candidates.items():
         if uuid in existing:
             if uuid in busy:
-                pending[info.key] = info.etag  # looked at again once that run has ended
+                cursor.pending[info.key] = info.etag  # looked at again once that run has ended
                 continue
             if _already_processed(latest.get(uuid), info):
+                if uuid in journaled:
+                    cursor.handled[info.key] = info.etag
                 continue
         new[uuid] = info
-    next_cursor = json.dumps({"mark": mark, "at_mark": at_mark, "pending": pending}, sort_keys=True)
+        if not sweep:
+            cursor.handled[info.key] = info.etag  # the next sweep sees it past its mark, already taken
+    next_cursor = cursor.dumps()
     if not new:
-        waiting = f", {len(pending)} waiting for a run in flight" if pending else ""
+        waiting = f", {len(cursor.pending)} waiting for a run in flight" if cursor.pending else ""
         waiting += f", {of_retired} of retired datasets" if of_retired else ""
         return SensorResult(
             skip_reason=SkipReason(f"no new seed uploads ({skipped} other keys{waiting})"), cursor=next_cursor
         )
     to_add = sorted(set(new) - existing)
-    context.log.info(f"{len(new)} new seed uploads, {len(to_add)} new partitions, {len(pending)} waiting")
+    how = "full listing" if sweep else "upload journal"
+    context.log.info(
+        f"{len(new)} new seed uploads ({how}), {len(to_add)} new partitions, {len(cursor.pending)} waiting")
     return SensorResult(
         run_requests=[
             RunRequest(partition_key=uuid, run_key=f"{uuid}:{info.etag}:{info.last_modified}")
