@@ -246,6 +246,7 @@ def test_the_local_store_never_follows_a_symlink(tmp_path, dagster_instance, mon
     (root / SEEDS_BUCKET).mkdir(parents=True)
     (root / SEEDS_BUCKET / f"{a}.jsonl").symlink_to(outside)
     assert list(store.list(SEEDS_BUCKET)) == []  # the sensor never sees it
+    assert store.stat_many(SEEDS_BUCKET, [f"{a}.jsonl"]) == {}  # neither by the upload journal's lookups
     with pytest.raises(StoreError, match="symlink"):
         store.get_bytes(SEEDS_BUCKET, f"{a}.jsonl")
     (root / "datasets").mkdir()

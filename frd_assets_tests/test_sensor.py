@@ -323,3 +323,144 @@ def test_a_tick_without_its_cursor_sorts_many_known_datasets_in_one_pass(dagster
     assert sorted(r.partition_key for r in result.run_requests) == sorted([unprocessed, new])
     assert [req.partition_keys for req in result.dynamic_partitions_requests] == [[new]]
     assert list(json.loads(result.cursor)["pending"]) == [f"{busy}.jsonl"]
+
+
+# The upload journal (core/datasets.py): between sweeps a tick reads it instead of listing the bucket.
+
+
+def test_journal_keys_name_their_seed_and_hour_and_nothing_else_reads_as_one():
+    from frd_assets.core.datasets import journal_entry, journal_key
+
+    u = str(uuid.uuid4())
+    t = 1_796_645_366_688_440_876  # 2026-12-07T12:49:26Z
+    key = journal_key(f"{u}.jsonl", t, "0123abcd")
+    assert key == f"_uploads/2026-12-07T12/{t:020d}-0123abcd-{u}.jsonl"
+    assert journal_entry(key) == (t, f"{u}.jsonl")
+    assert journal_entry(key.replace("T12/", "T13/")) is None  # the folder disagrees with the time
+    assert journal_entry(f"{u}.jsonl") is None and journal_entry(f"_uploads/2026-12-07T12/{u}.jsonl") is None
+    with pytest.raises(ValueError, match="not a seed key"):
+        journal_key(f"{u}.retired.json", t, "0123abcd")
+    with pytest.raises(ValueError, match="token"):
+        journal_key(f"{u}.jsonl", t, "../x")
+
+
+def listing_prefixes(monkeypatch) -> list[str]:
+    """The prefixes the local store is listed with from now on (the store itself stays real)."""
+    from frd_assets.core.store import LocalStore
+
+    calls: list[str] = []
+    real = LocalStore.list
+
+    def recorded(self, bucket, prefix="", start_after=""):
+        calls.append(prefix)
+        return real(self, bucket, prefix, start_after)
+
+    monkeypatch.setattr(LocalStore, "list", recorded)
+    return calls
+
+
+def test_a_journal_tick_reads_only_the_journal_and_the_sweep_finds_what_it_missed(dagster_instance, tmp_path,
+                                                                                   monkeypatch):
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    old = sorted(str(uuid.uuid4()) for _ in range(20))
+    for u in old:
+        write_seed(store, u, SEED)
+    first = tick(dagster_instance, resource)  # no cursor: a sweep
+    assert sorted(r.partition_key for r in first.run_requests) == old
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, old)
+
+    listed = listing_prefixes(monkeypatch)
+    new = str(uuid.uuid4())
+    write_seed(store, new, SEED)
+    write_seed(store, old[3], SEED + SEED)  # a rewrite of a known dataset
+    second = tick(dagster_instance, resource, first.cursor)
+    assert sorted(r.partition_key for r in second.run_requests) == sorted([new, old[3]])
+    assert [req.partition_keys for req in second.dynamic_partitions_requests] == [[new]]
+    assert listed and all(p.startswith("_uploads/") for p in listed), listed  # never the whole bucket
+    assert json.loads(second.cursor)["swept_at"] == json.loads(first.cursor)["swept_at"]
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [new])
+    third = tick(dagster_instance, resource, second.cursor)
+    assert not third.run_requests  # each journal entry is read once
+
+    # An upload by another S3 tool writes no journal entry: the journal ticks miss it, the next sweep finds it,
+    # and only it: what the journal ticks took (none of it processed yet) is not requested again.
+    other = str(uuid.uuid4())
+    store.put_bytes(SEEDS_BUCKET, f"{other}.jsonl", SEED)
+    assert not tick(dagster_instance, resource, third.cursor).run_requests
+    monkeypatch.setenv("FRD_SEED_SWEEP_SECONDS", "0")
+    del listed[:]
+    swept = tick(dagster_instance, resource, third.cursor)
+    assert [r.partition_key for r in swept.run_requests] == [other] and listed == [""]
+    monkeypatch.delenv("FRD_SEED_SWEEP_SECONDS")
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [other])
+    assert not tick(dagster_instance, resource, swept.cursor).run_requests
+    assert json.loads(swept.cursor)["handled"] == {}
+
+
+def test_a_retired_id_journaled_again_is_refused_without_a_listing(dagster_instance, tmp_path, monkeypatch):
+    from frd_assets.core.retirement import write_tombstone
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.settings import RetentionSettings
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    retired, live = str(uuid.uuid4()), str(uuid.uuid4())
+    write_seed(store, retired, SEED)
+    first = tick(dagster_instance, resource)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [retired])
+    write_tombstone(store, retired, reason="by test", policy=RetentionSettings(), now=time.time())
+    listed = listing_prefixes(monkeypatch)
+    write_seed(store, retired, SEED + SEED)  # behind the CLI's back: the CLI refuses it
+    write_seed(store, live, SEED)
+    second = tick(dagster_instance, resource, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [live]
+    assert all(p.startswith("_uploads/") for p in listed), listed
+    quiet = tick(dagster_instance, resource, second.cursor)
+    assert not quiet.run_requests
+    # The next sweep does not count it again either: the journal tick took it.
+    monkeypatch.setenv("FRD_SEED_SWEEP_SECONDS", "0")
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [live])
+    swept = tick(dagster_instance, resource, quiet.cursor)
+    assert not swept.run_requests and "retired" not in swept.skip_reason.skip_message
+
+
+def test_a_cursor_from_before_the_journal_sweeps_once_and_goes_on_from_its_mark(dagster_instance, tmp_path):
+    """An existing deployment's cursor (mark, at_mark, pending): its first tick is a sweep, nothing is lost and
+    nothing processed twice, and the ticks after it read the journal."""
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    before = str(uuid.uuid4())
+    write_seed(store, before, SEED)
+    current = json.loads(tick(dagster_instance, resource).cursor)
+    old_format = json.dumps({k: current[k] for k in ("mark", "at_mark", "pending")}, sort_keys=True)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [before])
+    after = str(uuid.uuid4())
+    write_seed(store, after, SEED)
+    first = tick(dagster_instance, resource, old_format)
+    assert [r.partition_key for r in first.run_requests] == [after]
+    assert json.loads(first.cursor)["swept_at"] > 0
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [after])
+    assert not tick(dagster_instance, resource, first.cursor).run_requests
+    later = str(uuid.uuid4())
+    write_seed(store, later, SEED)
+    assert [r.partition_key for r in tick(dagster_instance, resource, first.cursor).run_requests] == [later]
+
+
+def test_an_unreachable_store_between_sweeps_keeps_the_cursor(dagster_instance):
+    from frd_assets_tests.openai_server import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    resource = StoreResource(endpoint=endpoint, access_key="k", secret_key="s")
+    cursor = json.dumps({"mark": 5.0, "at_mark": {}, "pending": {}, "swept_at": time.time(), "handled": {},
+                         "journal": {"since_ns": time.time_ns(), "seen": []}})
+    result = tick(dagster_instance, resource, cursor)
+    assert not result.run_requests and result.cursor == cursor
+    assert endpoint in result.skip_reason.skip_message

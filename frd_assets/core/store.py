@@ -243,7 +243,11 @@ class LocalStore(Store):
             parent = parent.parent
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
-        path = self._path(bucket, key)
+        check_key(bucket, key)
+        try:
+            path = self._path(bucket, key)
+        except StoreError:  # a link on the way: no object, as the listing skips links
+            raise ObjectNotFound(f"no object {self.uri(bucket, key)} (a symlink is not followed)") from None
         try:
             st = os.stat(path, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
