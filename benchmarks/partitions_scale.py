@@ -10,7 +10,12 @@ report_dagster_event with Dagster's own event batching), never by hand-written S
 median of --repeats runs:
 
 - seed_tick: the project's seed sensor (build_sensor_context on the instance) with 1,000 (--new-uploads) new
-  uploads in the store on top of the N seeds already processed (the cursor is where the last tick left it);
+  uploads in the store on top of the N seeds already processed (the cursor is where the last tick left it).
+  The uploads go through the project's upload function (core/seeds.write_seed), so they are journaled, and the
+  tick is a journal tick: it lists the upload journal's hour folder and looks up the seeds it names;
+- seed_tick_sweep: the same tick as a sweep (FRD_SEED_SWEEP_SECONDS=0: the full listing of the seeds bucket,
+  which the sensor does every FRD_SEED_SWEEP_SECONDS for uploads made with other S3 tools): its cost grows with
+  the bucket, by design;
 - seed_tick_no_cursor: the same sensor without its cursor (reset in the UI): every seed in the bucket is fresh,
   and the known datasets' runs and materializations are looked up (one run, not a median);
 - verdict_tick: the verdict sensor on a successful run that validated a READY dataset;
@@ -300,6 +305,7 @@ def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> 
 
     from frd_assets.client import FrdClient
     from frd_assets.core.names import ASSETS, PREPARE_DATASET_JOB, SEED_DATASET, VALIDATED_DATASET
+    from frd_assets.core.seeds import write_seed
     from frd_assets.core.store import SEEDS_BUCKET, LocalStore
     from frd_assets.defs.partitions import dataset_partitions
     from frd_assets.defs.resources import StoreResource
@@ -329,17 +335,31 @@ def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> 
                 figures.update({k: round(v, 2) if isinstance(v, float) else v for k, v in built.items()
                                 if k not in ("ready_unadapted", "prepare_runs")})
 
-                # 1,000 new uploads arrive.
+                # The cursor where the last tick left it: a journal tick just before the uploads, finding nothing.
+                # (The sweep interval is set for each figure: building the instance can take longer than it.)
+                with environment({"FRD_SEED_SWEEP_SECONDS": str(86400 * 365)}):
+                    quiet = seed_upload_sensor(build_sensor_context(instance=instance, cursor=cursor,
+                                                                    resources={"store": resource}))
+                assert not quiet.run_requests, quiet
+                cursor = quiet.cursor
+
+                # 1,000 new uploads arrive, each through the project's upload function: seed, then journal entry.
                 store = LocalStore(store_root)
                 new = dataset_ids(new_uploads, seed + 1)
                 for d in new:
-                    store.put_bytes(SEEDS_BUCKET, f"{d}.jsonl", b'{"instruction": "x", "input": "", "output": "y"}\n')
+                    write_seed(store, d, b'{"instruction": "x", "input": "", "output": "y"}\n')
 
-                def seed_tick(_):
-                    result = seed_upload_sensor(build_sensor_context(instance=instance, cursor=cursor,
-                                                                     resources={"store": resource}))
-                    assert len(result.run_requests) == new_uploads, result
-                figures["seed_tick_s"] = median_seconds(seed_tick, repeats)
+                def seed_tick(sweep_seconds: int):
+                    def tick(_):
+                        with environment({"FRD_SEED_SWEEP_SECONDS": str(sweep_seconds)}):
+                            result = seed_upload_sensor(build_sensor_context(instance=instance, cursor=cursor,
+                                                                             resources={"store": resource}))
+                        assert len(result.run_requests) == new_uploads, result
+                        assert (json.loads(result.cursor)["swept_at"] > json.loads(cursor)["swept_at"]) == (
+                            sweep_seconds == 0), "the tick was not the kind measured"
+                    return tick
+                figures["seed_tick_s"] = median_seconds(seed_tick(86400 * 365), repeats)
+                figures["seed_tick_sweep_s"] = median_seconds(seed_tick(0), repeats)
 
                 # A tick without its cursor (a sensor reset in the UI) sees all N seeds as fresh: one run, it is slow.
                 t0 = time.perf_counter()
@@ -395,8 +415,9 @@ def measure(backend: str, n: int, repeats: int, seed: int, new_uploads: int) -> 
     return figures
 
 
-TIMED = ("seed_tick_s", "seed_tick_no_cursor_s", "verdict_tick_s", "status_s", "status_bare_partition_s", "launch_s",
-         "add_partition_s", "asset_partition_page_s", "asset_partitions_overview_s")
+TIMED = ("seed_tick_s", "seed_tick_sweep_s", "seed_tick_no_cursor_s", "verdict_tick_s", "status_s",
+         "status_bare_partition_s", "launch_s", "add_partition_s", "asset_partition_page_s",
+         "asset_partitions_overview_s")
 
 
 def main() -> None:

@@ -110,8 +110,8 @@ def test_partitions_scale_small_run():
     assert figures["datasets"] == 60 and figures["baseline_datasets"] == 20 and figures["new_uploads"] == 50
     assert figures["sqlite_runs"] == 12 + 1  # a prepare run per seeded dataset, an adapter run per adapted one
     assert figures["sqlite_events"] == 12 + 2 * 6 + 2 * 1
-    for op in ("seed_tick_s", "verdict_tick_s", "status_s", "launch_s", "add_partition_s", "asset_partition_page_s",
-               "asset_partitions_overview_s"):
+    for op in ("seed_tick_s", "seed_tick_sweep_s", "verdict_tick_s", "status_s", "launch_s", "add_partition_s",
+               "asset_partition_page_s", "asset_partitions_overview_s"):
         assert figures[f"sqlite_{op}"] > 0 and figures[f"sqlite_baseline_{op}"] > 0
         ratio = figures[f"sqlite_{op}"] / figures[f"sqlite_baseline_{op}"]
         assert figures[f"sqlite_ratio_{op}"] == pytest.approx(ratio, rel=0.05, abs=0.02)
