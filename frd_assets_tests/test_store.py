@@ -61,6 +61,7 @@ def test_stat_matches_the_listing_and_start_after_skips_what_sorts_before(store,
         store.stat(bucket, "absent")
     with pytest.raises(ObjectNotFound):
         store.stat(bucket, "j/h1")  # a folder of the local store is no object
+    assert store.stat_many(bucket, ["j", "j/h1"]) == {}
     assert [i.key for i in store.list(bucket, "j/h1/", start_after="j/h1/001")] == [
         "j/h1/001-a", "j/h1/002-b", "j/h1/003-c"]
     assert [i.key for i in store.list(bucket, "j/h1/", start_after="j/h1/001-a")] == ["j/h1/002-b", "j/h1/003-c"]
