@@ -180,6 +180,8 @@ def test_the_schedule_runs_the_job_that_retires_exactly_what_the_policy_names(da
     # The default policy keeps objects and runs.
     assert store.exists(SEEDS_BUCKET, f"{deleted}.jsonl")
     assert dagster_instance.get_run_ids(RunsFilter(tags={PARTITION_TAG: deleted}))
+    # The job expires the upload journal's old hours only: today's five uploads keep their entries.
+    assert len(list(store.list(SEEDS_BUCKET, "_uploads/"))) == 5
 
 
 def test_idle_datasets_are_those_without_activity_since_the_policy_s_days(dagster_instance, local_store,

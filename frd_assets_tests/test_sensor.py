@@ -464,3 +464,23 @@ def test_an_unreachable_store_between_sweeps_keeps_the_cursor(dagster_instance):
     result = tick(dagster_instance, resource, cursor)
     assert not result.run_requests and result.cursor == cursor
     assert endpoint in result.skip_reason.skip_message
+
+
+def test_the_journal_expires_by_whole_old_hours_and_only_its_own_entries(tmp_path):
+    from frd_assets.core.datasets import journal_key
+    from frd_assets.core.seeds import expire_upload_journal, write_seed
+    from frd_assets.core.store import LocalStore
+
+    store = LocalStore(tmp_path)
+    u = str(uuid.uuid4())
+    write_seed(store, u, SEED)  # journaled now
+    now = time.time()
+    day_ago = int((now - 86400) * 10**9)
+    old = journal_key(f"{u}.jsonl", day_ago - 3600 * 10**9, "0000000a")  # its hour ended over a day ago
+    recent = journal_key(f"{u}.jsonl", day_ago + 3600 * 10**9, "0000000b")
+    for key in (old, recent, "_uploads/notes.txt"):  # the last one: not an entry write_seed makes
+        store.put_bytes(SEEDS_BUCKET, key, b"x")
+    before = {i.key for i in store.list(SEEDS_BUCKET)}
+    assert expire_upload_journal(store, now) == 1
+    assert {i.key for i in store.list(SEEDS_BUCKET)} == before - {old}
+    assert f"{u}.jsonl" in before and not (tmp_path / SEEDS_BUCKET / old).parent.exists()  # its folder went too

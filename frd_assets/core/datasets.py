@@ -24,7 +24,7 @@ EXAMPLE_DATASET_ID = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
 SEED_SUFFIXES = (".jsonl", ".json")
 EVAL_SUFFIX = ".eval.jsonl"
 # A retired dataset's tombstone lies beside its seed as '<id>.retired.json' (core/retirement.py): the seed
-# sensor lists the seeds bucket every tick anyway, so it learns which ids are retired at no extra cost.
+# sensor's sweep of the seeds bucket sees it in the same listing, and a journal tick looks it up beside the seed.
 RETIRED_SUFFIX = ".retired.json"
 # A path segment below a dataset id: letters, digits, '.', '_' and '-', never '.' or '..' alone.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -92,6 +92,7 @@ def retired_dataset_id(key: str) -> str | None:
 # listing (FRD_SEED_SWEEP_SECONDS) finds those. The time is the uploader's clock: a late or skewed one only
 # delays an upload to that sweep, never loses it.
 JOURNAL_PREFIX = "_uploads/"
+HOUR_NS = 3600 * 10**9
 _JOURNAL_NAME = re.compile(r"(\d{20})-[0-9a-f]{8}-(.+)")
 
 

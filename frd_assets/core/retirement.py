@@ -7,8 +7,9 @@ objects and its run history go only when the policy says `delete` (core/settings
 What always stays is a tombstone: one small JSON object `seeds/<id>.retired.json` saying when, why and
 under which policy. A later upload under that id is refused (`frd seed upload`) and skipped by the seed
 sensor, so it cannot silently mix with the old objects a `keep` policy left behind; `--restore-retired`
-removes the tombstone on purpose. The tombstone lies in the seeds bucket because the seed sensor lists that
-bucket every tick anyway: it learns the retired ids without one extra request.
+removes the tombstone on purpose. The tombstone lies in the seeds bucket beside the seed: the seed sensor's
+sweep learns the retired ids from the same listing, and a journal tick looks up the tombstone of each
+journaled id with its seed (defs/sensors.py).
 
 Dagster-free; `choose_retirements` is a pure function of the rows the Dagster side reads.
 """

@@ -12,7 +12,16 @@ import time
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from frd_assets.core.datasets import EVAL_SUFFIX, SEED_SUFFIXES, check_dataset_id, dataset_key, journal_key
+from frd_assets.core.datasets import (
+    EVAL_SUFFIX,
+    HOUR_NS,
+    JOURNAL_PREFIX,
+    SEED_SUFFIXES,
+    check_dataset_id,
+    dataset_key,
+    journal_entry,
+    journal_key,
+)
 from frd_assets.core.records import check_seed_size
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, ObjectNotFound, Store
 
@@ -44,6 +53,23 @@ def write_seed(store: Store, dataset_id: str, data: bytes, suffix: str = ".jsonl
             store.delete(SEEDS_BUCKET, other)
     store.put_bytes(SEEDS_BUCKET, journal_key(key, time.time_ns(), secrets.token_hex(4)), key.encode())
     return key
+
+
+# Journal entries are needed until a sweep of the seed sensor has seen their seeds (FRD_SEED_SWEEP_SECONDS, 600 s by
+# default); a day leaves room for a daemon that was down a while.
+JOURNAL_KEEP_SECONDS = 86400
+
+
+def expire_upload_journal(store: Store, now: float, *, keep_seconds: float = JOURNAL_KEEP_SECONDS) -> int:
+    """Deletes the upload journal's entries (as write_seed names them: nothing else under the prefix) from hour
+    folders that ended more than keep_seconds before now; returns how many. The daily retirement job calls it,
+    so that the embedded store's journal stays a day long; on S3 a lifecycle rule on the prefix does the same."""
+    cutoff_ns = int((now - keep_seconds) * 10**9)
+    expired = [i.key for i in store.list(SEEDS_BUCKET, JOURNAL_PREFIX)
+               if (entry := journal_entry(i.key)) is not None and entry[0] - entry[0] % HOUR_NS + HOUR_NS <= cutoff_ns]
+    for key in expired:
+        store.delete(SEEDS_BUCKET, key)
+    return len(expired)
 
 
 def current_seed(store: Store, dataset_id: str) -> ObjectInfo | None:

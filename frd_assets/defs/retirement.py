@@ -48,7 +48,14 @@ from frd_assets.core.retirement import (
     deletes_runs,
     write_tombstone,
 )
-from frd_assets.core.settings import FRD_RETENTION_CRON, RetentionSettings, SettingsError, retention_settings
+from frd_assets.core.seeds import JOURNAL_KEEP_SECONDS, expire_upload_journal
+from frd_assets.core.settings import (
+    FRD_RETENTION_CRON,
+    RetentionSettings,
+    SettingsError,
+    retention_settings,
+    service_settings,
+)
 from frd_assets.core.store import Store
 from frd_assets.defs.resources import StoreResource
 
@@ -183,9 +190,14 @@ def retire_datasets_op(context: OpExecutionContext, store: StoreResource) -> Non
     """Retires the datasets the retention policy (FRD_RETENTION_*) names."""
     policy = retention_settings()
     s = store.get_store()
-    done = retire_chosen(context.instance, s, policy, time.time(), context.log.info)
+    now = time.time()
+    done = retire_chosen(context.instance, s, policy, now, context.log.info)
     context.log.info(f"{len(done)} datasets retired (policy: deleted verdicts {policy.retire_deleted}, idle days "
                      f"{policy.idle_days or 'off'}, objects {policy.objects}, runs {policy.runs})")
+    # The upload journal write_seed keeps for the seed sensor: entries older than a day are no longer needed
+    # (a sweep has seen their seeds since), and would otherwise lengthen every sweep of the embedded store.
+    keep = max(JOURNAL_KEEP_SECONDS, 2 * service_settings().seed_sweep_seconds)
+    context.log.info(f"{expire_upload_journal(s, now, keep_seconds=keep)} upload journal entries expired")
 
 
 @job(name=RETIRE_JOB, description="Retire the datasets the retention policy (FRD_RETENTION_*) names.")

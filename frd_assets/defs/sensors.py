@@ -2,18 +2,26 @@
 
 - seed_upload_sensor: new or rewritten <uuid>.jsonl/.json objects in the seeds bucket become partitions
   and `prepare_dataset` runs (CPU). The store has no notifications (SeaweedFS has no bucket-notification
-  API), so it lists from a cursor. The newest upload of a dataset is processed exactly once after it was
-  written:
-  * the cursor is the newest last-modified time seen plus the key -> ETag of every object at exactly that
-    time (S3 times have one-second resolution, so time alone cannot order two writes in one second, and a
-    same-second rewrite of one key is told apart by its ETag);
+  API) and S3 lists only in key order, so a tick that listed the bucket would cost time in its size (2-4 s at
+  100,000 seeds, issue 23). Instead, every upload the project makes is journaled (core/seeds.write_seed
+  writes `_uploads/<hour>/<ns>-<random>-<seed key>` after the seed), and a tick reads the journal: the hour
+  folders from its cursor on, then one lookup per seed key and tombstone of the journaled datasets. An
+  upload made with another S3 tool has no entry: a sweep, the full listing, runs when the last one is
+  FRD_SEED_SWEEP_SECONDS old (and on the first tick, or on a cursor from before the journal). The newest
+  upload of a dataset is processed exactly once after it was written:
+  * the sweep's cursor is the newest last-modified time it saw plus the key -> ETag of every object at
+    exactly that time (S3 times have one-second resolution, so time alone cannot order two writes in one
+    second, and a same-second rewrite of one key is told apart by its ETag); a journal tick takes an
+    upload only if the last sweep did not see that version and no journal tick took it (`handled`, key ->
+    ETag, emptied by the next sweep, which then skips them), and reads each journal entry once (`seen`);
   * an upload is done when the dataset's latest seed_dataset materialization records that very key and
     ETag (seed_dataset stores them), not when some run happened later: a run may have read the older seed;
   * an upload whose dataset has a run in flight is held in the cursor's `pending` map and looked at again
     every tick until that run ends, instead of being skipped for good.
   With the store unreachable a tick skips, naming the endpoint, and keeps its cursor.
-  An upload of a retired dataset (its tombstone `<uuid>.retired.json` is in the same listing) is skipped
-  with one log line: it gets no partition again until restored on purpose (core/retirement.py).
+  An upload of a retired dataset (its tombstone `<uuid>.retired.json`: in the sweep's listing, or looked up
+  beside a journaled seed) is skipped with one log line: it gets no partition again until restored on
+  purpose (core/retirement.py).
 - adapter_on_ready_sensor: a run-status sensor. When a run that materialized validated_dataset succeeds
   with the verdict READY_FOR_FINE_TUNING, it requests `train_adapter` (GPU) for it. A run-status sensor
   rather than an automation condition because the trigger is a verdict, not freshness: the rule reads as
@@ -43,6 +51,7 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from frd_assets.core.datasets import (
+    HOUR_NS,
     JOURNAL_PREFIX,
     is_dataset_id,
     journal_entry,
@@ -116,7 +125,6 @@ def _in_flight(context: SensorEvaluationContext, uuids: list[str]) -> set[str]:
 # clock and the PUT landing, and the skew between an uploader's clock and the sensor's. Older entries that show
 # up late are the sweep's (FRD_SEED_SWEEP_SECONDS), like an upload made with another S3 tool.
 JOURNAL_LOOKBACK_NS = 120 * 10**9
-HOUR_NS = 3600 * 10**9
 
 
 @dataclass
