@@ -18,6 +18,7 @@ from frd_assets.core.datasets import ADAPTERS_BUCKET, DATASETS_BUCKET, EVALUATIO
 from frd_assets.core.settings import FRD_LOCAL_STORE, secret, store_settings
 
 BUCKETS = (SEEDS_BUCKET, DATASETS_BUCKET, ADAPTERS_BUCKET, EVALUATIONS_BUCKET)
+STAT_THREADS = 32  # S3 lookups in flight at once (S3Store.stat_many): a HEAD waits on latency, not on this CPU
 
 
 class StoreError(RuntimeError):
@@ -346,6 +347,7 @@ class S3Store(Store):
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": 4, "mode": "standard"},
+                max_pool_connections=STAT_THREADS + 2,  # stat_many's lookups in parallel, and a listing beside
                 connect_timeout=10,
                 read_timeout=120,
             ),
@@ -481,8 +483,8 @@ class S3Store(Store):
         return ObjectInfo(head["LastModified"].timestamp(), key, head["ContentLength"], head.get("ETag", "").strip('"'))
 
     def stat_many(self, bucket: str, keys: list[str]) -> dict[str, ObjectInfo]:
-        # One HEAD per key is one round trip each: in parallel, a thousand of them take a fraction of a second
-        # (boto3 clients are thread-safe).
+        # One HEAD per key is one round trip each, so they go in parallel (boto3 clients are thread-safe; the
+        # client's connection pool is sized for it in connect).
         from concurrent.futures import ThreadPoolExecutor
 
         if len(keys) < 2:
@@ -494,7 +496,7 @@ class S3Store(Store):
             except ObjectNotFound:
                 return None
 
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(STAT_THREADS) as pool:
             return {info.key: info for info in pool.map(one, keys) if info is not None}
 
     def list(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:

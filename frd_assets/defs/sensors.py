@@ -5,7 +5,7 @@
   API) and S3 lists only in key order, so a tick that listed the bucket would cost time in its size (2-4 s at
   100,000 seeds, issue 23). Instead, every upload the project makes is journaled (core/seeds.write_seed
   writes `_uploads/<hour>/<ns>-<random>-<seed key>` after the seed), and a tick reads the journal: the hour
-  folders from its cursor on, then one lookup per seed key and tombstone of the journaled datasets. An
+  folders from its cursor on, then one lookup of the seed key each entry names and of its dataset's tombstone. An
   upload made with another S3 tool has no entry: a sweep, the full listing, runs when the last one is
   FRD_SEED_SWEEP_SECONDS old (and on the first tick, or on a cursor from before the journal). The newest
   upload of a dataset is processed exactly once after it was written:
@@ -61,7 +61,6 @@ from frd_assets.core.datasets import (
 )
 from frd_assets.core.names import LORA_ADAPTER, PARTITION_TAG, SEED_DATASET, VALIDATED_DATASET
 from frd_assets.core.retirement import RESTORE_FLAG, tombstone_key, utc_iso
-from frd_assets.core.seeds import seed_keys
 from frd_assets.core.settings import service_settings
 from frd_assets.core.store import SEEDS_BUCKET, ObjectInfo, StoreError
 from frd_assets.core.validation import unready_reason
@@ -204,11 +203,13 @@ def _journal_folders(since_ns: int, now_ns: int):
 
 def _read_journal(s, cursor: SeedCursor, now_ns: int) -> tuple[list[ObjectInfo], dict[str, float], set[str]]:
     """The uploads journaled since the cursor (core/datasets.py), looked up one by one: a listing of an hour
-    folder or two and three lookups per dataset, whatever the size of the bucket. Returns the current seeds of
-    the journaled datasets that no tick took yet, with those held for a run in flight; the journaled datasets'
-    retired ids -> tombstone time; and the ids whose state this tick decides (held ones stay in pending)."""
+    folder or two, then per dataset the seed key each entry names and the tombstone, whatever the size of the
+    bucket. (The seed's other suffix is not looked up: write_seed deleted it, and one written by another tool
+    is the sweep's, whose run then reads the newest of both.) Returns the current seeds of the journaled
+    datasets that no tick took yet, with those held for a run in flight; the journaled datasets' retired ids ->
+    tombstone time; and the journaled ids."""
     since = cursor.since_ns or now_ns - JOURNAL_LOOKBACK_NS
-    journaled: set[str] = set()
+    named: dict[str, set[str]] = {}  # dataset id -> the seed keys to look up
     names: set[str] = set()
     for hour, folder in _journal_folders(since, now_ns):
         start_after = f"{folder}{since:020d}" if hour <= since else ""
@@ -218,10 +219,15 @@ def _read_journal(s, cursor: SeedCursor, now_ns: int) -> tuple[list[ObjectInfo],
             if entry is None or entry[0] < since or name in cursor.seen:
                 continue
             names.add(name)
-            journaled.add(seed_dataset_id(entry[1]))
-    held_ids = {u for k in cursor.pending if (u := seed_dataset_id(k)) is not None}
-    ids = sorted(journaled | held_ids)
-    keys = [k for u in ids for k in (*seed_keys(u), tombstone_key(u))]
+            named.setdefault(seed_dataset_id(entry[1]), set()).add(entry[1])
+    journaled = set(named)
+    held_ids = set()
+    for key in cursor.pending:
+        if (u := seed_dataset_id(key)) is not None:
+            held_ids.add(u)
+            named.setdefault(u, set()).add(key)
+    ids = sorted(named)
+    keys = [k for u in ids for k in (*sorted(named[u]), tombstone_key(u))]
     found = s.stat_many(SEEDS_BUCKET, keys) if keys else {}
 
     cursor.since_ns = max(since, now_ns - JOURNAL_LOOKBACK_NS)
@@ -229,7 +235,7 @@ def _read_journal(s, cursor: SeedCursor, now_ns: int) -> tuple[list[ObjectInfo],
     retired = {u: found[tombstone_key(u)].last_modified for u in ids if tombstone_key(u) in found}
     uploads = []
     for u in ids:
-        seeds = [found[k] for k in seed_keys(u) if k in found]
+        seeds = [found[k] for k in named[u] if k in found]
         if not seeds:
             continue  # deleted since it was journaled: nothing to run
         current = max(seeds, key=lambda i: (i.last_modified, i.key))  # as core/seeds.current_seed chooses
