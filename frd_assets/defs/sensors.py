@@ -250,7 +250,8 @@ def seed_upload_sensor(context: SensorEvaluationContext, store: StoreResource):
     cursor = _read_cursor(context.cursor)
     s = store.get_store()
     now, now_ns = time.time(), time.time_ns()
-    sweep = now - cursor.swept_at >= service_settings().seed_sweep_seconds
+    # A clock that went back (swept_at in the future) sweeps too, rather than waiting for the clock to catch up.
+    sweep = not 0 <= now - cursor.swept_at < service_settings().seed_sweep_seconds
     try:
         if sweep:
             uploads, retired, skipped = _sweep(s, cursor, now, now_ns)
