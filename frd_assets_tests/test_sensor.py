@@ -484,3 +484,25 @@ def test_the_journal_expires_by_whole_old_hours_and_only_its_own_entries(tmp_pat
     assert expire_upload_journal(store, now) == 1
     assert {i.key for i in store.list(SEEDS_BUCKET)} == before - {old}
     assert f"{u}.jsonl" in before and not (tmp_path / SEEDS_BUCKET / old).parent.exists()  # its folder went too
+
+
+def test_an_entry_that_lists_late_for_its_time_is_left_to_the_sweep_not_lost(dagster_instance, tmp_path,
+                                                                             monkeypatch):
+    """An uploader whose clock is behind (or whose entry took long to land) names a time before the cursor's
+    journal position: journal ticks do not read it, and the next sweep runs the upload, once."""
+    from frd_assets.core.datasets import journal_key
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    first = tick(dagster_instance, resource)  # a sweep of the empty bucket
+    u = str(uuid.uuid4())
+    store.put_bytes(SEEDS_BUCKET, f"{u}.jsonl", SEED)
+    store.put_bytes(SEEDS_BUCKET, journal_key(f"{u}.jsonl", time.time_ns() - 600 * 10**9, "0000000c"), b"")
+    journal_tick = tick(dagster_instance, resource, first.cursor)
+    assert not journal_tick.run_requests
+    monkeypatch.setenv("FRD_SEED_SWEEP_SECONDS", "0")
+    swept = tick(dagster_instance, resource, journal_tick.cursor)
+    assert [r.partition_key for r in swept.run_requests] == [u]
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [u])
+    assert not tick(dagster_instance, resource, swept.cursor).run_requests
