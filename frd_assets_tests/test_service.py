@@ -17,6 +17,7 @@ from dagster import DagsterInstance
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location
 from frd_assets.core.names import PARTITION_TAG
+from frd_assets.core.seeds import write_seed
 from frd_assets.core.store import ADAPTERS_BUCKET, SEEDS_BUCKET, S3Store
 from frd_assets_tests.openai_server import free_port
 from frd_assets_tests.processes import stop_process_groups
@@ -88,7 +89,9 @@ def test_seed_upload_to_adapter_with_nobody_clicking_then_frd_launch_and_status(
     s3 = service["s3"]
     store = S3Store.connect(s3.endpoint, s3.access_key, s3.secret_key)
     first = str(uuid.uuid4())
-    store.put_bytes(SEEDS_BUCKET, f"{first}.jsonl", sample_seed_bytes)
+    # Through the project's upload function, as `frd seed upload` does: journaled, so the next tick sees it (an
+    # upload made with another S3 tool waits for the sensor's sweep, FRD_SEED_SWEEP_SECONDS).
+    write_seed(store, first, sample_seed_bytes)
     store.put_bytes(SEEDS_BUCKET, "README.txt", b"not a seed: the sensor skips it")
 
     wait_until(lambda: store.exists(ADAPTERS_BUCKET, f"{first}/{versions.POINTER}"), 240,
