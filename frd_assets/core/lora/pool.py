@@ -120,6 +120,9 @@ class PoolState:
     failed_before: int  # failed trials the study held when this call began
     workers: dict[int, _Worker] = field(default_factory=dict)
     lines: queue.Queue = field(default_factory=queue.Queue)  # workers' output, logged from the pool's thread
+    # Set when a worker ends, so the pool starts the next trial at once rather than at its next poll: half a
+    # poll per trial is a share of a short (pruned) trial's time, and of every trial a free slot waits for.
+    ended: threading.Event = field(default_factory=threading.Event)
     failed_starts: int = 0  # workers in a row that ended before their first trial
     server: fork_server.ForkServer | None = None  # started with the first trial: a finished study needs none
 
@@ -178,6 +181,12 @@ def _launch(pool: PoolState, slot: int) -> _Worker:
                 w.started = True
             else:
                 pool.lines.put(prefix + line)
+        # Its output ends with the process: wait for the exit status too, then wake the pool's loop.
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass  # it closed its output but runs on: the loop's polls will see it end
+        pool.ended.set()
 
     w.reader = threading.Thread(target=relay, daemon=True)
     w.reader.start()
@@ -316,7 +325,8 @@ def run_pool(
                     break
             else:
                 start_workers(pool, progress)
-            time.sleep(poll_s)
+            pool.ended.wait(poll_s)  # a worker's end, or the next poll (other pools' trials, dead workers)
+            pool.ended.clear()
     finally:
         # Interrupted (the run was cancelled) or failing: this pool's workers go down with it.
         shut_down(pool)
