@@ -81,7 +81,7 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     assert adapter["base_eval_loss"] > 0 and adapter["best_eval_loss"] > 0
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
-    assert metadata(dagster_instance, "seed_dataset")["records"] == 88
+    assert metadata(dagster_instance, "seed_dataset")["records"] == 118
     assert metadata(dagster_instance, "seed_dataset")["held_out"] == 18
     # The 70 seed tasks not held out trained beside the generated records; the 9 validation tasks chose.
     assert adapter["seed_task_records"] == 70 and adapter["validation_records"] == 9

@@ -23,13 +23,13 @@ from frd_assets.core.config_checks import Integer, Number, OneOf, check_value
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 # One default for the Dagster asset and the CLI: a few trials keep a CPU demo under ten minutes.
 DEFAULT_N_TRIALS = 4
-# `frd demo` on the bundled sample seed (88 tasks): sized so the whole chain runs in under 6 minutes on 2 CPU
-# cores while its test part (half of the held-out half: 22 tasks) is large enough to show a difference. The
+# `frd demo` on the bundled sample seed (118 tasks): sized so the whole chain runs in under 6 minutes on 2 CPU
+# cores while its test part (half of the held-out half: 29 tasks) is large enough to show a difference. The
 # assets' own defaults (held_out_fraction 0.2, 2 epochs, 128 new tokens, LORA_N_TRIALS) are for a user's seed.
-DEMO_INSTRUCTIONS = 12  # generated instructions: the 44 seed tasks that train are the better data
+DEMO_INSTRUCTIONS = 12  # generated instructions: the 59 seed tasks that train are the better data
 DEMO_HELD_OUT_FRACTION = 0.5  # of the seed's tasks: validation and test, half each
 DEMO_N_TRIALS = 3  # unless LORA_N_TRIALS is set
-DEMO_EPOCHS = 1
+DEMO_EPOCHS = 2  # the trial keeps its best evaluation's weights (early stopping on the validation tasks)
 DEMO_EVAL_MAX_NEW_TOKENS = 64  # the references are a sentence or shorter
 # How the teacher and the judge (a teacher too) send prompts: the environment's and the resources' defaults,
 # and make_teacher's, so a teacher built from code behaves as one built from settings.
