@@ -6,21 +6,31 @@
   100,000 seeds, issue 23). Instead, every upload the project makes is journaled (core/seeds.write_seed
   writes `_uploads/<hour>/<ns>-<random>-<seed key>` after the seed), and a tick reads the journal: the hour
   folders from its cursor on, then one lookup of the seed key each entry names and of its dataset's tombstone. An
-  upload made with another S3 tool has no entry: a sweep, the full listing, runs when the last one is
-  FRD_SEED_SWEEP_SECONDS old (and on the first tick, or on a cursor from before the journal). The newest
+  upload made with another S3 tool has no entry: a sweep lists the bucket for those, one shard at a time so that
+  no tick costs time in the size of the bucket. Seed keys and tombstones start with their dataset id, a canonical
+  lowercase UUID, so the shards are the 16 first hex digits (a listing with that prefix); a sweep tick reads the
+  journal and then lists the shard whose turn it is, one every FRD_SEED_SWEEP_SECONDS / 16 seconds and at most
+  one a tick, so that a full pass, and with it the wait of an upload made with another tool, takes
+  FRD_SEED_SWEEP_SECONDS (or 16 sensor intervals, when an interval is longer than a shard's turn); see
+  _shards_due. A tick without its cursor (a reset) or on an older cursor starts the rotation with one shard, not
+  the whole bucket: the journal gives it the uploads of the last two minutes, the rotation the rest within a
+  pass. FRD_SEED_SWEEP_SECONDS=0 lists the whole bucket in one listing every tick instead (tests, small
+  deployments). Keys outside the shards (README.txt, an id in capitals) are in no shard listing: only that
+  whole listing reports them with a log line; a shard listing reports the odd keys in its shard. The newest
   upload of a dataset is processed exactly once after it was written:
-  * the sweep's cursor is the newest last-modified time it saw plus the key -> ETag of every object at
-    exactly that time (S3 times have one-second resolution, so time alone cannot order two writes in one
-    second, and a same-second rewrite of one key is told apart by its ETag); a journal tick takes an
-    upload only if the last sweep did not see that version and no journal tick took it (`handled`, key ->
-    ETag, emptied by the next sweep, which then skips them), and reads each journal entry once (`seen`);
+  * each shard's cursor is the newest last-modified time its last listing saw plus the key -> ETag of every
+    object at exactly that time (S3 times have one-second resolution, so time alone cannot order two writes in
+    one second, and a same-second rewrite of one key is told apart by its ETag); a tick takes an upload only if
+    the last sweep of its shard did not see that version and no tick took it since (`handled`, key -> ETag,
+    emptied of a shard's keys by that shard's next listing, whose new mark covers them: a version a journal
+    tick took existed before that listing), and reads each journal entry once (`seen`);
   * an upload is done when the dataset's latest seed_dataset materialization records that very key and
     ETag (seed_dataset stores them), not when some run happened later: a run may have read the older seed;
   * an upload whose dataset has a run in flight is held in the cursor's `pending` map and looked at again
     every tick until that run ends, instead of being skipped for good.
   With the store unreachable a tick skips, naming the endpoint, and keeps its cursor.
-  An upload of a retired dataset (its tombstone `<uuid>.retired.json`: in the sweep's listing, or looked up
-  beside a journaled seed) is skipped with one log line: it gets no partition again until restored on
+  An upload of a retired dataset (its tombstone `<uuid>.retired.json`: in its shard's listing, beside its seed,
+  or looked up beside a journaled seed) is skipped with one log line: it gets no partition again until restored on
   purpose (core/retirement.py).
 - adapter_on_ready_sensor: a run-status sensor. When a run that materialized validated_dataset succeeds
   with the verdict READY_FOR_FINE_TUNING, it requests `train_adapter` (GPU) for it. A run-status sensor
