@@ -90,8 +90,8 @@ def retired_dataset_id(key: str) -> str | None:
 # tick; with it a tick lists one or two hour folders and looks up the seeds they name (defs/sensors.py). The
 # name carries all of it (no read per entry); the hour folder keeps one listing small and lets an operator
 # expire old entries by prefix. An upload made with another S3 tool writes no entry: the sensor's sweep, a listing
-# of one shard of the bucket at a time, a full pass every FRD_SEED_SWEEP_SECONDS, finds those. The time is the uploader's clock: a late or skewed one only
-# delays an upload to that sweep, never loses it.
+# of one shard of the bucket at a time, a full pass every FRD_SEED_SWEEP_SECONDS, finds those. The time is the
+# uploader's clock: a late or skewed one only delays an upload to that sweep, never loses it.
 JOURNAL_PREFIX = "_uploads/"
 HOUR_NS = 3600 * 10**9
 _JOURNAL_NAME = re.compile(r"(\d{20})-[0-9a-f]{8}-(.+)")
