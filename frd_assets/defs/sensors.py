@@ -83,9 +83,11 @@ SENSOR_INTERVAL = service_settings().sensor_interval
 
 
 # Known uploads are looked up this many datasets to a query: a tick without its cursor (a reset sensor, a new
-# deployment over a full bucket) sees every seed as fresh, and one query per dataset would take it past the
-# sensor timeout at 100,000 datasets, so that it never advanced its cursor (issue 23).
-LOOKUP_CHUNK = 500
+# deployment over a full bucket) sees every seed of a shard as fresh, and one query per dataset would take it past
+# the sensor timeout at 100,000 datasets, so that it never advanced its cursor (issue 23). 2,000 rather than 500:
+# each query opens a PostgreSQL connection: a tick over 6,250 known seeds (a shard at 100,000) took 0.31 to 0.36 s
+# instead of 0.44 to 0.56 s (PostgreSQL, 2-core machine under load 5, three of each, by hand).
+LOOKUP_CHUNK = 2000
 
 
 def _chunks(items: list[str]):
@@ -240,14 +242,14 @@ def _sweep(s, cursor: SeedCursor, shards: list[str], now_ns: int) -> tuple[list[
     whole = len(shards) == len(SHARDS)
     listing = list(s.list(SEEDS_BUCKET, "" if whole else shards[0]))  # boto3 pages through any number of keys
     objects = [i for i in listing if not i.key.startswith(JOURNAL_PREFIX)]
-    groups = (*shards, OTHER) if whole else tuple(shards)
     fresh = [i for i in objects if _untaken(i, cursor)]
-    for name in groups:
-        listed = [i for i in objects if _shard_of(i.key) == name]
-        if listed:
-            mark = cursor.shard(name)
-            mark.mark = max(mark.mark, max(i.last_modified for i in listed))
-            mark.at_mark = {i.key: i.etag for i in listed if i.last_modified == mark.mark}
+    by_shard: dict[str, list[ObjectInfo]] = {}
+    for i in objects:
+        by_shard.setdefault(_shard_of(i.key), []).append(i)
+    for name, listed in by_shard.items():
+        mark = cursor.shard(name)
+        mark.mark = max(mark.mark, max(i.last_modified for i in listed))
+        mark.at_mark = {i.key: i.etag for i in listed if i.last_modified == mark.mark}
     # Retired ids, from their tombstones in the same listing (core/retirement.py): no extra request; a
     # tombstone lies in the shard of its seed.
     retired = {r: i.last_modified for i in objects if (r := retired_dataset_id(i.key)) is not None}
