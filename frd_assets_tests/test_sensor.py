@@ -81,7 +81,7 @@ def test_new_seeds_become_partitions_and_runs_once(dagster_instance, store_resou
     seeds.put_bytes(SEEDS_BUCKET, f"{late}.json", b"[" + SEED.strip() + b"]")
     third = tick(dagster_instance, store_resource, again.cursor)
     assert [r.partition_key for r in third.run_requests] == [late]
-    assert list(json.loads(third.cursor)["at_mark"]) == [f"{late}.json"]
+    assert list(json.loads(third.cursor)["shards"][late[0]]["at_mark"]) == [f"{late}.json"]
 
     # Rewriting a seed (a new version) triggers its partition again; untouched ones stay quiet.
     time.sleep(1.1)
@@ -91,7 +91,8 @@ def test_new_seeds_become_partitions_and_runs_once(dagster_instance, store_resou
     assert fourth.run_requests[0].run_key != result.run_requests[0].run_key
 
 
-def test_rewritten_seed_of_a_known_partition_reruns_without_adding_it(dagster_instance, store_resource, seeds):
+def test_rewritten_seed_of_a_known_partition_reruns_without_adding_it(dagster_instance, store_resource, seeds,
+                                                                      sweep_every_tick):
     known = str(uuid.uuid4())
     dagster_instance.add_dynamic_partitions(dataset_partitions.name, [known])
     seeds.put_bytes(SEEDS_BUCKET, f"{known}.jsonl", SEED)
@@ -107,14 +108,15 @@ def test_an_empty_bucket_skips(dagster_instance, store_resource, seeds):
 
 def test_a_later_upload_in_the_same_second_with_a_smaller_key_is_not_lost(dagster_instance, tmp_path,
                                                                          sweep_every_tick):
-    """S3 last-modified times have one-second resolution: the cursor keeps the keys seen at its time."""
+    """S3 last-modified times have one-second resolution: the cursor keeps the keys seen at its time (in each
+    shard: both keys are in shard f)."""
     import os
 
     from frd_assets.core.store import LocalStore
 
     store = LocalStore(tmp_path)
     resource = StoreResource(local_root=str(tmp_path))
-    late_key, early_key = "ffffffff-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000000"
+    late_key, early_key = "ffffffff-0000-4000-8000-000000000000", "f0000000-0000-4000-8000-000000000000"
     store.put_bytes(SEEDS_BUCKET, f"{late_key}.jsonl", SEED)
     os.utime(tmp_path / SEEDS_BUCKET / f"{late_key}.jsonl", (1_800_000_000, 1_800_000_000))
     first = tick(dagster_instance, resource)
@@ -126,7 +128,7 @@ def test_a_later_upload_in_the_same_second_with_a_smaller_key_is_not_lost(dagste
     assert not tick(dagster_instance, resource, second.cursor).run_requests
 
 
-def test_a_thousand_uploads_in_one_tick(dagster_instance, store_resource, seeds):
+def test_a_thousand_uploads_in_one_tick(dagster_instance, store_resource, seeds, sweep_every_tick):
     from concurrent.futures import ThreadPoolExecutor
 
     ids = [str(uuid.uuid4()) for _ in range(1000)]
@@ -268,10 +270,11 @@ def test_a_same_second_rewrite_on_s3_is_not_skipped(dagster_instance, store_reso
         # Start just after a second boundary, so both writes and the tick between fit in one second.
         time.sleep(1 - time.time() % 1 + 0.02)
         write_seed(seeds, u, SEED)
+        written = seeds.stat(SEEDS_BUCKET, f"{u}.jsonl")
         first = tick(dagster_instance, store_resource)
         write_seed(seeds, u, SEED + SEED.replace(b"fruit", b"vegetable"))
         [info] = [i for i in seeds.list(SEEDS_BUCKET) if i.key == f"{u}.jsonl"]
-        if info.last_modified == json.loads(first.cursor)["mark"]:
+        if info.last_modified == written.last_modified:
             break
         seeds.delete(SEEDS_BUCKET, f"{u}.jsonl")
     else:
@@ -439,8 +442,9 @@ def test_a_cursor_from_before_the_journal_sweeps_once_and_goes_on_from_its_mark(
     store = LocalStore(tmp_path)
     before = str(uuid.uuid4())
     write_seed(store, before, SEED)
-    current = json.loads(tick(dagster_instance, resource).cursor)
-    old_format = json.dumps({k: current[k] for k in ("mark", "at_mark", "pending")}, sort_keys=True)
+    seen = store.stat(SEEDS_BUCKET, f"{before}.jsonl")  # what the old sensor's last listing left in its cursor
+    old_format = json.dumps({"mark": seen.last_modified, "at_mark": {seen.key: seen.etag}, "pending": {}},
+                            sort_keys=True)
     dagster_instance.add_dynamic_partitions(dataset_partitions.name, [before])
     after = str(uuid.uuid4())
     write_seed(store, after, SEED)
@@ -506,3 +510,123 @@ def test_an_entry_that_lists_late_for_its_time_is_left_to_the_sweep_not_lost(dag
     assert [r.partition_key for r in swept.run_requests] == [u]
     dagster_instance.add_dynamic_partitions(dataset_partitions.name, [u])
     assert not tick(dagster_instance, resource, swept.cursor).run_requests
+
+
+# The sweep in shards (defs/sensors.py): one shard of the bucket per sweep tick, sixteen to a full pass.
+
+
+def in_shard(digit: str) -> str:
+    """A dataset id whose seed lies in the given shard (its first hex digit)."""
+    return digit + str(uuid.uuid4())[1:]
+
+
+def sweep_a_shard_every_tick(monkeypatch):
+    # 1 s for a full pass: a shard's turn comes every 1/16 s, and a tick lists one shard at most.
+    monkeypatch.setenv("FRD_SEED_SWEEP_SECONDS", "1")
+
+
+def shard_tick(instance, store_resource, cursor=None):
+    """A tick once the next shard's turn has come (FRD_SEED_SWEEP_SECONDS=1)."""
+    time.sleep(1 / 16)
+    return tick(instance, store_resource, cursor)
+
+
+def test_the_rotation_finds_an_upload_made_with_another_tool_in_its_shard_once(dagster_instance, tmp_path,
+                                                                              monkeypatch):
+    from frd_assets.core.seeds import write_seed
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    sweep_a_shard_every_tick(monkeypatch)
+    cursor = tick(dagster_instance, resource).cursor  # no cursor, empty bucket: shard 0 and the journal
+    assert json.loads(cursor)["next_shard"] == 1
+    raw, journaled = in_shard("7"), in_shard("7")
+    store.put_bytes(SEEDS_BUCKET, f"{raw}.jsonl", SEED)  # another S3 tool: no journal entry
+    write_seed(store, journaled, SEED)
+    listed = listing_prefixes(monkeypatch)
+    requested: list[tuple[int, str]] = []
+    for n in range(32):  # two full passes
+        del listed[:]
+        result = shard_tick(dagster_instance, resource, cursor)
+        cursor = result.cursor
+        requested += [(n, r.partition_key) for r in result.run_requests]
+        shards = [p for p in listed if not p.startswith("_uploads/")]
+        assert shards == ["0123456789abcdef"[(n + 1) % 16]], listed  # one shard a tick, in turn
+        dagster_instance.add_dynamic_partitions(dataset_partitions.name, [k for _, k in requested])
+    # The journaled upload on the first tick; the other one when shard 7 came round (the 7th tick after shard 0),
+    # and neither again: not by the sweep of shard 7 that followed the journal, nor by the second pass.
+    assert requested == [(0, journaled), (6, raw)]
+    assert json.loads(cursor)["handled"] == {}
+
+
+def test_a_reset_sensor_does_not_request_every_known_dataset_in_one_tick(dagster_instance, tmp_path, monkeypatch):
+    """No cursor (reset in the UI): every seed is fresh again, but a tick lists one shard and asks the instance
+    about that shard's datasets only; the rotation goes through all of them once in sixteen ticks."""
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    ids = sorted(in_shard(d) for d in "0123456789abcdef" for _ in range(2))
+    for u in ids:
+        store.put_bytes(SEEDS_BUCKET, f"{u}.jsonl", SEED)
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, ids)  # known, never processed
+
+    first = tick(dagster_instance, resource)  # the default interval: a reset sweeps one shard, not sixteen
+    assert sorted(r.partition_key for r in first.run_requests) == [u for u in ids if u[0] == "0"]
+    assert tick(dagster_instance, resource, first.cursor).skip_reason is not None  # shard 1's turn not yet come
+
+    sweep_a_shard_every_tick(monkeypatch)
+    cursor, requested = first.cursor, [r.partition_key for r in first.run_requests]
+    for _ in range(16):
+        result = shard_tick(dagster_instance, resource, cursor)
+        assert len(result.run_requests) <= 2
+        cursor, requested = result.cursor, requested + [r.partition_key for r in result.run_requests]
+    assert sorted(requested) == ids  # each once
+
+
+def test_a_tombstone_in_its_shard_still_refuses_the_retired_id(dagster_instance, tmp_path, monkeypatch):
+    from frd_assets.core.retirement import write_tombstone
+    from frd_assets.core.settings import RetentionSettings
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    retired, live = in_shard("3"), in_shard("3")
+    write_tombstone(store, retired, reason="by test", policy=RetentionSettings(), now=time.time())
+    sweep_a_shard_every_tick(monkeypatch)
+    cursor = tick(dagster_instance, resource).cursor  # shard 0
+    store.put_bytes(SEEDS_BUCKET, f"{retired}.jsonl", SEED)  # behind the CLI's back, and not journaled
+    store.put_bytes(SEEDS_BUCKET, f"{live}.jsonl", SEED)
+    outcomes = []
+    for _ in range(32):
+        result = shard_tick(dagster_instance, resource, cursor)
+        cursor = result.cursor
+        outcomes.append(([r.partition_key for r in result.run_requests],
+                         "1 of retired datasets" in (result.skip_reason.skip_message if result.skip_reason else "")))
+    # Shard 3's sweep (the third tick) runs the live upload and skips the retired one, once in two passes.
+    assert [o for o in outcomes if o != ([], False)] == [([live], False)]
+    assert json.loads(cursor)["handled"] == {}
+
+
+def test_a_cursor_of_the_journal_with_one_mark_goes_on_in_shards(dagster_instance, tmp_path, monkeypatch):
+    """The cursor the sensor wrote before shards (one mark for the bucket, the journal's position, what journal
+    ticks took): it loads, nothing it covered is requested again, and what came after it is."""
+    from frd_assets.core.store import LocalStore
+
+    resource = StoreResource(local_root=str(tmp_path))
+    store = LocalStore(tmp_path)
+    before, taken, after = in_shard("0"), in_shard("1"), in_shard("0")
+    store.put_bytes(SEEDS_BUCKET, f"{before}.jsonl", SEED)
+    store.put_bytes(SEEDS_BUCKET, f"{taken}.jsonl", SEED)
+    b, t = store.stat(SEEDS_BUCKET, f"{before}.jsonl"), store.stat(SEEDS_BUCKET, f"{taken}.jsonl")
+    old = json.dumps({"mark": b.last_modified, "at_mark": {b.key: b.etag}, "pending": {}, "swept_at": 0.0,
+                      "handled": {t.key: t.etag}, "journal": {"since_ns": time.time_ns(), "seen": []}})
+    time.sleep(0.01)
+    store.put_bytes(SEEDS_BUCKET, f"{after}.jsonl", SEED)
+    sweep_a_shard_every_tick(monkeypatch)
+    first = tick(dagster_instance, resource, old)  # shard 0
+    assert [r.partition_key for r in first.run_requests] == [after]
+    dagster_instance.add_dynamic_partitions(dataset_partitions.name, [after])
+    second = shard_tick(dagster_instance, resource, first.cursor)  # shard 1: what the journal took stays taken
+    assert not second.run_requests and json.loads(second.cursor)["handled"] == {}

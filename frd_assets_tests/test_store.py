@@ -131,3 +131,41 @@ def test_the_local_listing_keys_nested_folders_and_skips_links_and_unfinished_wr
     assert [i.key for i in store.list("b", "u1/a")] == ["u1/a.jsonl", "u1/ab/c.json"]
     assert [i.key for i in store.list("b", "u1")] == ["u1/a.jsonl", "u1/ab/c.json", "u10/a.jsonl"]
     assert list(store.list("b", "linked/")) == [] and list(store.list("b", "nope/")) == []
+
+
+def test_a_local_listing_by_a_prefix_without_a_slash_looks_only_at_what_it_can_return(tmp_path, monkeypatch):
+    """The seed sensor lists one shard of the seeds bucket ('a'): files of other shards are not stat'ed, and
+    folders that cannot hold such a key (the upload journal's) are not walked."""
+    import os
+
+    from frd_assets.core import store as store_module
+
+    store = LocalStore(tmp_path / "store")
+    for key in ("a1.jsonl", "a2.retired.json", "b1.jsonl", "_uploads/h/a3", "ab/c.json"):
+        store.put_bytes("b", key, b"x")
+    walked, stated = [], []
+
+    class Entry:  # an os.DirEntry that records its stat calls
+        def __init__(self, entry):
+            self.entry, self.name, self.path = entry, entry.name, entry.path
+
+        def is_symlink(self):
+            return self.entry.is_symlink()
+
+        def is_dir(self, **kw):
+            return self.entry.is_dir(**kw)
+
+        def stat(self, **kw):
+            stated.append(self.name)
+            return self.entry.stat(**kw)
+
+    real = os.scandir
+
+    def scandir(path):
+        walked.append(os.path.relpath(path, tmp_path / "store" / "b"))
+        return [Entry(e) for e in real(path)]
+
+    monkeypatch.setattr(store_module.os, "scandir", scandir)
+    assert [i.key for i in store.list("b", "a")] == ["a1.jsonl", "a2.retired.json", "ab/c.json"]
+    assert sorted(stated) == ["a1.jsonl", "a2.retired.json", "c.json"]
+    assert sorted(walked) == [".", "ab"]

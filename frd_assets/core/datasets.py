@@ -24,7 +24,8 @@ EXAMPLE_DATASET_ID = "0b8e8f7e-6c8b-4b53-9a59-1c1f3c0f7d10"
 SEED_SUFFIXES = (".jsonl", ".json")
 EVAL_SUFFIX = ".eval.jsonl"
 # A retired dataset's tombstone lies beside its seed as '<id>.retired.json' (core/retirement.py): the seed
-# sensor's sweep of the seeds bucket sees it in the same listing, and a journal tick looks it up beside the seed.
+# sensor's sweep of the seeds bucket sees it in the same listing (the shard of its id's first digit), and a journal
+# tick looks it up beside the seed.
 RETIRED_SUFFIX = ".retired.json"
 # A path segment below a dataset id: letters, digits, '.', '_' and '-', never '.' or '..' alone.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -88,9 +89,9 @@ def retired_dataset_id(key: str) -> str | None:
 # notifications and S3 lists only in key order, so without it the seed sensor would list the whole bucket every
 # tick; with it a tick lists one or two hour folders and looks up the seeds they name (defs/sensors.py). The
 # name carries all of it (no read per entry); the hour folder keeps one listing small and lets an operator
-# expire old entries by prefix. An upload made with another S3 tool writes no entry: the sensor's periodic full
-# listing (FRD_SEED_SWEEP_SECONDS) finds those. The time is the uploader's clock: a late or skewed one only
-# delays an upload to that sweep, never loses it.
+# expire old entries by prefix. An upload made with another S3 tool writes no entry: the sensor's sweep, a listing
+# of one shard of the bucket at a time, a full pass every FRD_SEED_SWEEP_SECONDS, finds those. The time is the
+# uploader's clock: a late or skewed one only delays an upload to that sweep, never loses it.
 JOURNAL_PREFIX = "_uploads/"
 HOUR_NS = 3600 * 10**9
 _JOURNAL_NAME = re.compile(r"(\d{20})-[0-9a-f]{8}-(.+)")

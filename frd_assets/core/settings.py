@@ -246,9 +246,10 @@ class ServiceSettings:
     """The long-running side: sensor cadence, the webserver the CLI talks to, the Celery broker."""
 
     sensor_interval: int = 30  # seconds between sensor evaluations
-    # The seed sensor's full listing of the seeds bucket ("sweep"): at most this many seconds apart. Between
-    # sweeps it reads only the upload journal (core/datasets.py), so an upload made with another S3 tool, which
-    # writes no journal entry, is picked up within this time. 0: every tick sweeps (the cost grows with the bucket).
+    # The seed sensor's sweep of the seeds bucket: one full pass, a shard (first hex digit of the key) every
+    # this many seconds / 16, takes this long. Each tick reads the upload journal (core/datasets.py); the sweep
+    # finds uploads made with another S3 tool, which write no journal entry, within this time (or 16 sensor
+    # intervals, if longer). 0: every tick lists the whole bucket (the cost grows with the bucket).
     seed_sweep_seconds: int = 600
     webserver_host: str = "127.0.0.1"
     webserver_port: int = 3000

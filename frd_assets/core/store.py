@@ -306,7 +306,10 @@ class LocalStore(Store):
                 key = key_prefix + entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        folders.append((entry.path, key + "/"))
+                        # Only a folder that can hold a key with the prefix: the seed sensor's shard listings
+                        # ('a') must not walk the upload journal's hour folders.
+                        if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                            folders.append((entry.path, key + "/"))
                     elif not entry.name.startswith(".tmp-") and key.startswith(prefix) and key > start_after:
                         found.append(_local_info(key, entry.stat(follow_symlinks=False)))
                 except FileNotFoundError:  # deleted while listing
