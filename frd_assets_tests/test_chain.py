@@ -8,6 +8,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from frd_assets.core import versions
 from frd_assets.core.datasets import asset_location, checkpoint_location
+from frd_assets.core.evaluation.report import MAX_SAMPLES
 from frd_assets.core.store import ADAPTERS_BUCKET, DATASETS_BUCKET, SEEDS_BUCKET, ObjectNotFound, S3Store
 from frd_assets.definitions import ASSETS, build_resources
 from frd_assets.defs.partitions import dataset_partitions
@@ -82,11 +83,11 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     generated = metadata(dagster_instance, "generated_dataset")
     assert generated["records"] >= 4 and generated["tokens_per_second"] > 0
     assert metadata(dagster_instance, "seed_dataset")["records"] == 118
-    assert metadata(dagster_instance, "seed_dataset")["held_out"] == 18
-    # The 70 seed tasks not held out trained beside the generated records; the 9 validation tasks chose.
-    assert adapter["seed_task_records"] == 70 and adapter["validation_records"] == 9
+    assert metadata(dagster_instance, "seed_dataset")["held_out"] == 24
+    # The 94 seed tasks not held out trained beside the generated records; the 12 validation tasks chose.
+    assert adapter["seed_task_records"] == 94 and adapter["validation_records"] == 12
     assert adapter["objective"] == "real_tasks" and isinstance(adapter["beats_base_model"], bool)
-    assert "and 70 of the user's own seed tasks" in versions.read(store, current, "README.md").decode()
+    assert "and 94 of the user's own seed tasks" in versions.read(store, current, "README.md").decode()
 
     # The stored adapter loads as it lies with peft and changes the base model's output.
     import torch
@@ -131,10 +132,10 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     report = json.loads(versions.read(store, evaluation, "report.json"))
     assert set(report) == {"n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds",
                            "samples"}
-    assert report["n"] == 9 and report["judge"] is None and len(report["samples"]) == 9  # the test part
-    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 9
+    assert report["n"] == 12 and report["judge"] is None and len(report["samples"]) == MAX_SAMPLES  # the test part; the first 10 shown
+    assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 12
     evaluated = metadata(dagster_instance, "adapter_evaluation")
-    assert evaluated["n"] == 9 and evaluated["judge"].startswith("none")
+    assert evaluated["n"] == 12 and evaluated["judge"].startswith("none")
     first_check = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                    and e.event_specific_data.check_name == "adapter_beats_base"]
     assert [e.event_specific_data.severity.value for e in first_check] == ["WARN"]
