@@ -132,7 +132,7 @@ def test_seed_to_adapter_on_s3(chain_env, dagster_instance, dataset_id, sample_s
     report = json.loads(versions.read(store, evaluation, "report.json"))
     assert set(report) == {"n", "skipped", "base_model", "adapter", "rouge_l", "judge", "length", "seconds",
                            "samples"}
-    assert report["n"] == 12 and report["judge"] is None and len(report["samples"]) == MAX_SAMPLES  # the test part; the first 10 shown
+    assert report["n"] == 12 and report["judge"] is None and len(report["samples"]) == MAX_SAMPLES  # test part
     assert len(versions.read(store, evaluation, "answers.jsonl").splitlines()) == 12
     evaluated = metadata(dagster_instance, "adapter_evaluation")
     assert evaluated["n"] == 12 and evaluated["judge"].startswith("none")
