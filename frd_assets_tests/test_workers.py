@@ -87,6 +87,28 @@ def test_the_fork_server_gives_each_trial_its_own_process_environment_output_and
     assert server._server.returncode == 0
 
 
+def report_bitsandbytes(argv: list[str]) -> int:
+    """A fork-server entry point for the test below: exit 3 where bitsandbytes is importable, 4 where not."""
+    import importlib.util
+
+    return 3 if importlib.util.find_spec("bitsandbytes") is not None else 4
+
+
+def test_a_fork_server_for_a_job_without_nf4_starts_without_bitsandbytes():
+    """peft imports bitsandbytes whenever it is installed (0.7 s of a server's start, torch's compiler stack
+    with it); a server started for a job without quantization hides it, and one for an nf4 job keeps it."""
+    from frd_assets.core.lora.fork_server import ForkServer
+
+    for hidden, code in (((), 3), (("bitsandbytes",), 4)):
+        server = ForkServer(report_bitsandbytes, hidden=hidden)
+        try:
+            child = server.spawn([], {"PATH": os.environ["PATH"]})
+            child.stdout.read()
+            assert child.wait(timeout=120) == code, hidden
+        finally:
+            server.close()
+
+
 def test_a_worker_killed_mid_trial_costs_that_trial_only(tmp_path, tiny_model_dir, postgres_db):
     storage = f"postgresql+psycopg://postgres@127.0.0.1:5432/{postgres_db}"  # the deployment's storage
     data = tmp_path / "data.jsonl"

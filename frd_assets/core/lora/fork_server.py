@@ -72,12 +72,13 @@ class ForkServer:
     """The pool's side: starts the server, asks it for trial processes, learns how they ended. Each trial
     process runs entry(argv), with the argv that spawn passes."""
 
-    def __init__(self, entry: Callable[[list[str]], int]) -> None:
+    def __init__(self, entry: Callable[[list[str]], int], *, hidden: Sequence[str] = ()) -> None:
+        """hidden: top-level packages the server and its trials must not import (see hide_packages)."""
         target = entry_target(entry)
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self._server = subprocess.Popen(
-                [sys.executable, "-m", "frd_assets.core.lora.fork_server", str(theirs.fileno()), target],
+                [sys.executable, "-m", "frd_assets.core.lora.fork_server", str(theirs.fileno()), target, *hidden],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
             )
         self._lock = threading.Lock()  # one request at a time: answers come back in order
@@ -221,6 +222,20 @@ def _run_trial(control: socket.socket, entry: Callable[[list[str]], int], argv: 
         os._exit(code)
 
 
+def hide_packages(names: Sequence[str]) -> None:
+    """Makes the named top-level packages unimportable in this process, as if not installed.
+
+    Why: peft imports bitsandbytes whenever it is installed, and bitsandbytes' import wraps its kernels in
+    torch.compile, which imports torch's compiler stack: 0.7 s of the server's 3.5 s start on 2 cores, paid by
+    every search before its first trial, for a package only a QLoRA job (quantization nf4) uses. A None entry
+    in sys.modules is Python's own way to block an import: `import` raises ImportError and
+    importlib.util.find_spec returns None, which is how peft and transformers ask whether it is installed."""
+    for name in names:
+        if name in sys.modules and sys.modules[name] is not None:
+            raise RuntimeError(f"cannot hide {name}: it is imported already")
+        sys.modules[name] = None  # type: ignore[assignment]
+
+
 def preload(target: str) -> Callable[[list[str]], int]:
     """Imports the stack and the entry point once, then freezes what they made for the garbage collector.
 
@@ -242,7 +257,8 @@ def preload(target: str) -> Callable[[list[str]], int]:
     return entry
 
 
-def serve(control_fd: int, target: str) -> None:
+def serve(control_fd: int, target: str, hidden: Sequence[str] = ()) -> None:
+    hide_packages(hidden)
     entry = preload(target)
     control = socket.socket(fileno=control_fd)
     children: dict[int, int | None] = {}  # pid -> its pidfd (None where the platform has none)
@@ -290,7 +306,7 @@ def _pidfd(pid: int) -> int | None:
 
 if __name__ == "__main__":
     try:
-        serve(int(sys.argv[1]), sys.argv[2])
+        serve(int(sys.argv[1]), sys.argv[2], sys.argv[3:])
     except (BrokenPipeError, ConnectionResetError):
         pass  # the pool went away while we reported: nobody is left to tell
     os._exit(0)  # skip the interpreter's teardown of torch and friends (about a second): nothing to flush

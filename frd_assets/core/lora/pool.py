@@ -156,7 +156,9 @@ def _launch(pool: PoolState, slot: int) -> _Worker:
     argv = ["--spec", str(pool.spec), "--sampler-seed", str(seed)]
     if pool.forked:  # forked from the server that imported the stack once (core/lora/fork_server.py)
         if pool.server is None:
-            pool.server = fork_server.ForkServer(worker.main)
+            # Only a QLoRA job's trials need bitsandbytes; the others' server starts 0.7 s sooner without it.
+            hidden = () if pool.job.training.quantization == "nf4" else ("bitsandbytes",)
+            pool.server = fork_server.ForkServer(worker.main, hidden=hidden)
         process = pool.server.spawn(argv, env)
     else:
         process = subprocess.Popen(
