@@ -138,7 +138,7 @@ def _bad_inputs(tmp: Path, adapter_dir: Path, tiny_model_dir: Path) -> dict[str,
         "out is not empty": (["export", str(adapter_dir), "--merge", "--out", str(tmp / "taken"), *base],
                              "holds files frd export did not write"),
         "prompts out of range": (["export", str(adapter_dir), "--merge", "--out", out, "--prompts", "0", *base],
-                             "merged export: prompts must be in [1, 88], got 0"),
+                             "merged export: prompts must be in [1, 118], got 0"),
         "no such base model": (["export", str(adapter_dir), "--merge", "--out", out, "--base-model",
                                 str(tmp / "nowhere")], "no such folder"),
     }
@@ -166,4 +166,4 @@ def test_frd_export_never_imports_dagster(adapter_dir, tiny_model_dir, tmp_path)
         capture_output=True, text=True, timeout=300, env=dict(os.environ),
     )
     assert proc.returncode == 2, proc.stderr
-    assert "prompts must be in [1, 88]" in proc.stderr
+    assert "prompts must be in [1, 118]" in proc.stderr

@@ -157,7 +157,9 @@ def test_embedding_dedup_scores_paraphrases_high_and_unrelated_low():
 
 def test_embedding_dedup_rejects_by_its_own_reason(tiny_teacher, first_sample_tasks_bytes):
     seeds = parse_seed(first_sample_tasks_bytes, "sample_seed.jsonl")
-    config = GenerationConfig(num_instructions=6, prompts_per_round=4, max_rounds=4, temperature=1.0,
+    # 0.7, not 1.0: the tiny teacher's sampled text at 1.0 depends on the CPU's float kernels (on an AVX-512/AMX
+    # machine it wrote fragments that failed to parse, so no two instructions were left to compare).
+    config = GenerationConfig(num_instructions=6, prompts_per_round=4, max_rounds=4, temperature=0.7,
                               max_new_tokens_instructions=96, max_new_tokens_instance=48,
                               embedding_dedup_threshold=0.5)
     result = generate(seeds, tiny_teacher, config, log=lambda _: None)

@@ -109,8 +109,8 @@ def test_seed_dataset_marks_the_held_out_tasks_or_takes_an_uploaded_evaluation_s
     assert main(["seed", "upload", str(seed_file), "--uuid", split_id]) == 0
     meta, records = run(split_id)
     train, held = partition(records)
-    assert meta["held_out"] == len(held) == 18 and meta["held_out_source"] == "split"
-    assert len(train) + len(held) == meta["records"] == 88
+    assert meta["held_out"] == len(held) == 24 and meta["held_out_source"] == "split"
+    assert len(train) + len(held) == meta["records"] == 118
 
     eval_file = tmp_path / "eval.jsonl"
     eval_file.write_text('{"instruction": "Name the capital of France.", "input": "", "output": "Paris"}\n'
@@ -120,8 +120,8 @@ def test_seed_dataset_marks_the_held_out_tasks_or_takes_an_uploaded_evaluation_s
     assert main(["seed", "upload", str(seed_file), "--uuid", eval_id, "--eval", str(eval_file)]) == 0
     meta, records = run(eval_id)
     train, held = partition(records)
-    # The uploaded set is the test part; 9 of the 88 seed tasks (0.2 x 0.5) are the validation part.
-    assert [r.output for r in held if is_test(r)] == ["Paris", "5"] and len(train) == 79
-    assert meta["validation_records"] == 9 and meta["test_records"] == 2
+    # The uploaded set is the test part; 12 of the 118 seed tasks (0.2 x 0.5) are the validation part.
+    assert [r.output for r in held if is_test(r)] == ["Paris", "5"] and len(train) == 106
+    assert meta["validation_records"] == 12 and meta["test_records"] == 2
     assert meta["held_out_source"].endswith(f"{eval_id}.eval.jsonl")
     assert "1 without a reference" in meta["held_out_note"]
