@@ -259,7 +259,7 @@ class LocalStore(Store):
 
     def stat_many(self, bucket: str, keys: list[str]) -> dict[str, ObjectInfo]:
         # One lstat per key at the top of a real bucket folder: the path checks of stat (pathlib, resolve) cost
-        # ten times the lstat itself, and the seed sensor looks up three keys per journaled upload (issue 23).
+        # ten times the lstat itself, and the seed sensor looks up two keys per journaled upload (issue 23).
         bucket_dir = self.root / bucket
         try:
             real = stat.S_ISDIR(os.lstat(bucket_dir).st_mode)
@@ -323,6 +323,11 @@ class LocalStore(Store):
 def _local_info(key: str, st: os.stat_result) -> ObjectInfo:
     # mtime in ns and size: every atomic replace makes a new file, so this changes with every write.
     return ObjectInfo(st.st_mtime, key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}")
+
+
+def _s3_info(key: str, size: int, meta: dict) -> ObjectInfo:
+    """The facts of an S3 object from a GET, HEAD or listing entry (each has LastModified and a quoted ETag)."""
+    return ObjectInfo(meta["LastModified"].timestamp(), key, size, meta.get("ETag", "").strip('"'))
 
 
 class S3Store(Store):
@@ -435,10 +440,7 @@ class S3Store(Store):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("reading", bucket, key, exc) from None
         # The ETag and time of the version this GET returned, not of whatever a later listing shows.
-        info = ObjectInfo(
-            response["LastModified"].timestamp(), key, len(data), response.get("ETag", "").strip('"')
-        )
-        return data, info
+        return data, _s3_info(key, len(data), response)
 
     def exists(self, bucket: str, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -483,7 +485,7 @@ class S3Store(Store):
             head = self.client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("checking", bucket, key, exc) from None
-        return ObjectInfo(head["LastModified"].timestamp(), key, head["ContentLength"], head.get("ETag", "").strip('"'))
+        return _s3_info(key, head["ContentLength"], head)
 
     def stat_many(self, bucket: str, keys: list[str]) -> dict[str, ObjectInfo]:
         # One HEAD per key is one round trip each, so they go in parallel (boto3 clients are thread-safe; the
@@ -511,9 +513,7 @@ class S3Store(Store):
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **({"StartAfter": start_after}
                                                                              if start_after else {})):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(
-                        obj["LastModified"].timestamp(), obj["Key"], obj["Size"], obj.get("ETag", "").strip('"')
-                    )
+                    yield _s3_info(obj["Key"], obj["Size"], obj)
         except (ClientError, BotoCoreError) as exc:
             err = self._fail("listing", bucket, prefix, exc)
             if isinstance(err, ObjectNotFound):  # a missing bucket lists as empty
