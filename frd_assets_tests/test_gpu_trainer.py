@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -105,7 +106,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
     from frd_assets.core.lora.data import Example
     from frd_assets.core.lora.trial import LoraHyperparams, TrainingConfig, run_trial
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=512, num_hidden_layers=8,
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=512, num_hidden_layers=16,
                                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024))
     g = torch.Generator().manual_seed(1)
     def example(n):
@@ -121,8 +122,12 @@ _PEAK_SCRIPT = textwrap.dedent("""
 
 
 def _peak(checkpointing: str) -> dict:
+    # glibc keeps freed heap blocks of up to 32 MiB for reuse, so peak RSS moved by +-50 MiB from run to run
+    # (a CI machine measured 94 MiB saved, this one 108-210). Large blocks mmap'd from 64 KiB up are returned
+    # when freed: the peak is then the live tensors', the same to 0.2 MiB in repeated runs.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, checkpointing], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -135,8 +140,9 @@ def test_gradient_checkpointing_lowers_the_measured_peak_of_a_trial():
                f"{off['memory_estimate_mb']:.0f}), with {on['peak_memory_mb']:.0f} MiB (estimate "
                f"{on['memory_estimate_mb']:.0f}): {saved:.0f} MiB saved")
     print(figures)
-    # 8 layers x 2048 tokens of activations (about 280 MiB in fp32) kept without, one layer's with.
-    assert saved > 100, figures
+    # 16 layers x 2048 tokens of activations kept without, one layer's with: 346 MiB saved here (the
+    # pre-flight estimates 494); the bound leaves room for another CPU's kernels.
+    assert saved > 150, figures
 
 
 def test_checkpointing_is_off_on_cpu_unless_asked_and_leaves_the_base_as_it_was(tiny_model_dir, tokenizer, data):
