@@ -174,7 +174,7 @@ def cmd_demo(args) -> int:
         "ops": {
             names.SEED_DATASET: {"config": {"held_out_fraction": DEMO_HELD_OUT_FRACTION}},
             names.GENERATED_DATASET: {"config": {"num_instructions": args.instructions}},
-            names.LORA_ADAPTER: {"config": {"n_trials": args.trials, "epochs": DEMO_EPOCHS}},
+            names.LORA_ADAPTER: {"config": {"n_trials": args.trials, "epochs": DEMO_EPOCHS, "pruner_startup_trials": 1}},
             names.ADAPTER_EVALUATION: {"config": {"max_new_tokens": DEMO_EVAL_MAX_NEW_TOKENS}},
         },
     }
