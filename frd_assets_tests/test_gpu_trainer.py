@@ -176,6 +176,20 @@ def test_an_nf4_trial_trains_saves_an_adapter_that_loads_and_exports_merged(tiny
     assert not any("absmax" in k or "quant" in k for k in merged)
 
 
+def test_bitsandbytes_hub_kernel_warning_is_dropped_and_nothing_else_it_logs(caplog):
+    import logging
+
+    from frd_assets.core.third_party_logs import BNB_LOGGER
+
+    # The warning as bitsandbytes 0.50 logs it on an AVX512-BF16 CPU (backends/cpu/ops.py), and another.
+    log = logging.getLogger(BNB_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=BNB_LOGGER):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                    "`pip install kernels` and the kernels >= 0.11.1", "could not verify publisher trust status")
+        log.warning("some other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
+
+
 def test_export_refuses_a_quantized_base_in_one_line(tiny_model_dir, tmp_path):
     import shutil
 

@@ -3,7 +3,7 @@ module is imported by frd_assets.core's __init__, before anything can import the
 
 bitsandbytes, which peft imports whenever it is installed, tries on a CPU with AVX512-BF16 to fetch a gemm
 kernel from the Hugging Face Hub at import; `kernels` refuses it as remote code, and bitsandbytes logs a
-warning telling the user to set trust_remote_code=True, once per process: every trial, every `frd
+warning telling the user to allow remote code (trust_remote_code), once per process: every trial, every `frd
 evaluate`. This project never runs remote code and bitsandbytes falls back to its own kernel, so that one
 warning is dropped; anything else bitsandbytes logs goes through.
 """
