@@ -147,7 +147,12 @@ def cmd_demo(args) -> int:
     from frd_assets.core.datasets import asset_location
     from frd_assets.core.models import prepare_default_model
     from frd_assets.core.seeds import sample_seed
-    from frd_assets.core.settings import DEMO_EPOCHS, DEMO_EVAL_MAX_NEW_TOKENS, DEMO_HELD_OUT_FRACTION
+    from frd_assets.core.settings import (
+        DEMO_EPOCHS,
+        DEMO_EVAL_MAX_NEW_TOKENS,
+        DEMO_HELD_OUT_FRACTION,
+        DEMO_PRUNER_STARTUP_TRIALS,
+    )
     from frd_assets.core.threads import THREADS_ENV, available_cores
     from frd_assets.core.validation import READY
     from frd_assets.definitions import ASSETS, build_resources
@@ -170,11 +175,12 @@ def cmd_demo(args) -> int:
         # Progress lines (generation rounds, trials) without Dagster's per-event debug chatter.
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
         # The demo's sizes (core/settings.py): a larger held-out share, so the test part can show a difference,
-        # and one epoch and short answers, so the chain stays under 6 minutes on 2 CPU cores.
+        # and few epochs, early pruning and short answers, so the chain stays under 6 minutes on 2 CPU cores.
         "ops": {
             names.SEED_DATASET: {"config": {"held_out_fraction": DEMO_HELD_OUT_FRACTION}},
             names.GENERATED_DATASET: {"config": {"num_instructions": args.instructions}},
-            names.LORA_ADAPTER: {"config": {"n_trials": args.trials, "epochs": DEMO_EPOCHS, "pruner_startup_trials": 1}},
+            names.LORA_ADAPTER: {"config": {"n_trials": args.trials, "epochs": DEMO_EPOCHS,
+                                            "pruner_startup_trials": DEMO_PRUNER_STARTUP_TRIALS}},
             names.ADAPTER_EVALUATION: {"config": {"max_new_tokens": DEMO_EVAL_MAX_NEW_TOKENS}},
         },
     }
